@@ -1,0 +1,428 @@
+"""recess.toml: the configuration's shape, its defaults, and validation with errors that name the key.
+
+Every key and its default is documented in docs/configuration.md. Loading never touches Slack:
+a wrong value stops start-up with `ConfigError("recess.toml: services.web.local.listen:
+expected HOST:PORT, got '8080'")`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pendulum
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FLAG_KEY = re.compile(r"^[a-z0-9._-]+$")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message names the file, the key and what was expected."""
+
+
+# -- scalar types -------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|min|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """'90s', '30m', '2h', '1h30m', '500ms' -> timedelta. Raises ValueError otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"expected a duration like '90s', '30m' or '2h', got {text!r}")
+    s = text.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(f"expected a duration like '90s', '30m' or '2h', got {text!r}")
+    return dt.timedelta(seconds=total)
+
+
+def format_duration(d: dt.timedelta) -> str:
+    secs = d.total_seconds()
+    if secs < 1:
+        return f"{secs * 1000:.0f} ms"
+    if secs < 60:
+        return f"{secs:.1f} s" if secs < 10 else f"{secs:.0f} s"
+    mins, s = divmod(int(round(secs)), 60)
+    if mins < 60:
+        return f"{mins} min {s} s" if s else f"{mins} min"
+    h, m = divmod(mins, 60)
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def _duration(v: Any) -> dt.timedelta:
+    if isinstance(v, dt.timedelta):
+        return v
+    return parse_duration(v)
+
+
+def _time_of_day(v: Any) -> dt.time:
+    if isinstance(v, dt.time):
+        return v
+    if not isinstance(v, str) or not re.fullmatch(r"\d{2}:\d{2}", v):
+        raise ValueError(f"expected a time of day as 'HH:MM', got {v!r}")
+    h, m = int(v[:2]), int(v[3:])
+    if h > 24 or m > 59 or (h == 24 and m):
+        raise ValueError(f"expected a time of day as 'HH:MM', got {v!r}")
+    return dt.time(23, 59, 59, 999999) if h == 24 else dt.time(h, m)
+
+
+def _timezone(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected an IANA timezone like 'America/New_York', got {v!r}")
+    try:
+        pendulum.timezone(v)
+    except Exception:
+        raise ValueError(f"expected an IANA timezone like 'America/New_York', got {v!r}") from None
+    return v
+
+
+def _address(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9.\-]+:\d{1,5}", v):
+        raise ValueError(f"expected HOST:PORT, got {v!r}")
+    port = int(v.rsplit(":", 1)[1])
+    if not 0 < port < 65536:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {v!r}")
+    return v
+
+
+def _instant(v: Any) -> dt.datetime:
+    if isinstance(v, dt.datetime):
+        parsed = v
+    elif isinstance(v, str):
+        try:
+            parsed = dt.datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"expected an ISO 8601 instant with offset, got {v!r}") from None
+    else:
+        raise ValueError(f"expected an ISO 8601 instant with offset, got {v!r}")
+    if parsed.tzinfo is None:
+        raise ValueError(f"expected an ISO 8601 instant with an offset (like -04:00), got {v!r}")
+    return parsed.astimezone(dt.UTC)
+
+
+def _slack_id(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[UWS][A-Z0-9]{2,}", v):
+        raise ValueError(f"expected a Slack user ID (U...) or user-group ID (S...), got {v!r}")
+    return v
+
+
+Duration = Annotated[dt.timedelta, BeforeValidator(_duration)]
+TimeOfDay = Annotated[dt.time, BeforeValidator(_time_of_day)]
+Timezone = Annotated[str, BeforeValidator(_timezone)]
+Address = Annotated[str, BeforeValidator(_address)]
+Instant = Annotated[dt.datetime, BeforeValidator(_instant)]
+SlackId = Annotated[str, AfterValidator(_slack_id)]
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+class BotSection(Strict):
+    database: str = "recess.db"
+    channel: str = "C0DEPLOYS"
+    state_dir: str = ".recess"
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        if not re.fullmatch(r"[CGD][A-Z0-9]{2,}", v):
+            raise ValueError(f"expected a Slack channel ID like 'C0DEPLOYS', got {v!r}")
+        return v
+
+
+class AccessSection(Strict):
+    deployers: list[SlackId] = []
+    approvers: list[SlackId] = []
+    flag_admins: list[SlackId] = []
+    usergroup_cache: Duration = dt.timedelta(minutes=5)
+
+
+class SchoolHours(Strict):
+    days: list[Day] = list(DAYS[:5])
+    start: TimeOfDay
+    end: TimeOfDay
+
+    @model_validator(mode="after")
+    def _order(self) -> SchoolHours:
+        if self.end <= self.start:
+            raise ValueError(f"expected end after start, got start {self.start:%H:%M} and end {self.end:%H:%M}")
+        return self
+
+
+DEFAULT_SCHOOL_HOURS = (SchoolHours(start="08:00", end="15:00"),)
+
+
+class WindowsSection(Strict):
+    school_hours: list[SchoolHours] = list(DEFAULT_SCHOOL_HOURS)
+    holidays: list[str] = []
+
+
+class Tenant(Strict):
+    id: str
+    timezone: Timezone
+    school_hours: list[SchoolHours] | None = None
+    holidays: list[str] = []
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"expected a tenant ID of letters, digits, '.', '_' or '-', got {v!r}")
+        return v
+
+
+class Freeze(Strict):
+    start: Instant
+    end: Instant
+    reason: str
+
+    @model_validator(mode="after")
+    def _order(self) -> Freeze:
+        if self.end <= self.start:
+            raise ValueError("expected end after start")
+        return self
+
+
+class Environment(Strict):
+    approvals: int = Field(default=1, ge=0, le=10)
+    respect_windows: bool = True
+    keep_blue: Duration = dt.timedelta(minutes=30)
+    rollback_by: Literal["deployers", "approvers"] = "deployers"
+    bake_time: Duration = dt.timedelta(minutes=2)
+    max_5xx_ratio: float = Field(default=0.05, ge=0, le=1)
+    canary_pause: Duration = dt.timedelta(seconds=30)
+
+
+class FlagsSection(Strict):
+    api_keys: list[str] = []
+    roles: list[str] = ["student", "teacher", "staff", "admin", "parent"]
+    defaults: dict[str, bool] = {}
+
+    @field_validator("defaults")
+    @classmethod
+    def _keys(cls, v: dict[str, bool]) -> dict[str, bool]:
+        for key in v:
+            if not FLAG_KEY.fullmatch(key):
+                raise ValueError(f"expected flag keys of [a-z0-9._-], got {key!r}")
+        return v
+
+
+class LocalPlatform(Strict):
+    listen: Address
+    slots: dict[Literal["blue", "green"], Address]
+    run: str
+    migrate: str | None = None
+
+    @field_validator("slots")
+    @classmethod
+    def _both(cls, v: dict[str, str]) -> dict[str, str]:
+        if set(v) != {"blue", "green"}:
+            raise ValueError(f"expected both slots 'blue' and 'green', got {sorted(v)}")
+        if v["blue"] == v["green"]:
+            raise ValueError("expected two different addresses for blue and green")
+        return v
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, v: str) -> str:
+        if "{port}" not in v:
+            raise ValueError(f"expected a command containing '{{port}}', got {v!r}")
+        return v
+
+
+class CommandPlatform(Strict):
+    start: str
+    stop: str
+    shift: str
+    status: str
+    health: str | None = None
+    migrate: str | None = None
+
+
+class MigrationRunner(Strict):
+    lock_timeout: Duration = dt.timedelta(seconds=5)
+    statement_timeout: Duration = dt.timedelta(minutes=15)
+    retries: int = Field(default=3, ge=1, le=10)
+    retry_backoff: Duration = dt.timedelta(seconds=2)
+
+
+class Service(Strict):
+    platform: Literal["local", "command"]
+    health_path: str = "/health"
+    health_timeout: Duration = dt.timedelta(seconds=60)
+    smoke: str | None = None
+    smoke_timeout: Duration = dt.timedelta(minutes=5)
+    migrations: str | None = None
+    pg_version: int = Field(default=15, ge=9, le=30)
+    migration: MigrationRunner = MigrationRunner()
+    environments: list[str] | None = None
+    local: LocalPlatform | None = None
+    command: CommandPlatform | None = None
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"expected a path starting with '/', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _platform_table(self) -> Service:
+        if self.platform == "local" and self.local is None:
+            raise ValueError("platform 'local' needs a [services.NAME.local] table")
+        if self.platform == "command" and self.command is None:
+            raise ValueError("platform 'command' needs a [services.NAME.command] table")
+        return self
+
+
+class Config(Strict):
+    bot: BotSection = BotSection()
+    access: AccessSection = AccessSection()
+    windows: WindowsSection = WindowsSection()
+    tenants: list[Tenant] = []
+    freezes: list[Freeze] = []
+    environments: dict[str, Environment] = {"production": Environment()}
+    flags: FlagsSection = FlagsSection()
+    services: dict[str, Service] = {}
+
+    # Set by load_config: the folder relative paths are resolved against, and the file's name.
+    base_dir: Path = Path(".")
+    source: str = "recess.toml"
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if not self.environments:
+            raise ValueError("expected at least one [environments.NAME] table")
+        ids = [t.id for t in self.tenants]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"expected unique tenant IDs, got {', '.join(dupes)} twice")
+        for name, svc in self.services.items():
+            if not SERVICE_NAME.fullmatch(name):
+                raise ValueError(f"services.{name}: expected a name of [a-z0-9_-]")
+            for env in svc.environments or []:
+                if env not in self.environments:
+                    raise ValueError(
+                        f"services.{name}.environments: {env!r} is not one of "
+                        f"{', '.join(self.environments)}"
+                    )
+        return self
+
+    # -- derived values --------------------------------------------------------------------------
+
+    @property
+    def default_environment(self) -> str:
+        return next(iter(self.environments))
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def database_path(self) -> Path:
+        return self.path(self.bot.database)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.bot.state_dir)
+
+    def service_environments(self, service: str) -> list[str]:
+        svc = self.services[service]
+        return list(svc.environments or self.environments)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "function-" in str(part):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    kind = err["type"]
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key (see docs/configuration.md for the keys recess reads)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"{msg[0].lower()}{msg[1:]}, got {given!r}"
+    if "expected" in msg:
+        return msg
+    return f"{msg[0].lower()}{msg[1:]}, got {given!r}"
+
+
+def parse_config(data: dict[str, Any], *, source: str = "recess.toml", base_dir: Path = Path(".")) -> Config:
+    for name in ("base_dir", "source"):
+        if name in data:
+            raise ConfigError(f"{source}: {name}: unknown key (see docs/configuration.md)")
+    try:
+        cfg = Config.model_validate({**data, "base_dir": base_dir, "source": source})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = _location(err["loc"])
+            lines.append(f"{source}: {where + ': ' if where else ''}{_message(err)}")
+        raise ConfigError("\n".join(lines)) from None
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Reads and validates a recess.toml; raises ConfigError naming the file and the key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such configuration file (set RECESS_CONFIG or pass --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    cfg = parse_config(data, source=str(p), base_dir=p.resolve().parent)
+    _check_files(cfg)
+    return cfg
+
+
+def _check_files(cfg: Config) -> None:
+    for i, f in enumerate(cfg.windows.holidays):
+        if not cfg.path(f).is_file():
+            raise ConfigError(f"{cfg.source}: windows.holidays[{i}]: no such iCalendar file {f!r} (relative to the config's folder)")
+    for t_i, t in enumerate(cfg.tenants):
+        for i, f in enumerate(t.holidays):
+            if not cfg.path(f).is_file():
+                raise ConfigError(f"{cfg.source}: tenants[{t_i}].holidays[{i}]: no such iCalendar file {f!r} (relative to the config's folder)")
