@@ -1,0 +1,133 @@
+"""The bot's own tables, declared once. Each entry of MIGRATIONS is one forward schema version.
+
+Never edit a released entry: append a new one. Instants are ISO 8601 UTC text.
+"""
+
+MIGRATIONS: list[list[str]] = [
+    # 1: audit, freezes, deploys with their approvals and steps, the Slack outbox,
+    #    flags, and the migrations applied per service and environment.
+    [
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            command TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL DEFAULT '',
+            before TEXT,
+            after TEXT,
+            note TEXT
+        )""",
+        "CREATE INDEX audit_target ON audit(target, id)",
+        """CREATE TABLE freezes (
+            id INTEGER PRIMARY KEY,
+            start TEXT NOT NULL,
+            "end" TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            lifted_by TEXT,
+            lifted_at TEXT
+        )""",
+        """CREATE TABLE deploys (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL DEFAULT 'deploy',
+            service TEXT NOT NULL,
+            env TEXT NOT NULL,
+            version TEXT NOT NULL,
+            previous_version TEXT,
+            requester TEXT NOT NULL,
+            status TEXT NOT NULL,
+            now_reason TEXT,
+            canary TEXT,
+            contract INTEGER NOT NULL DEFAULT 0,
+            approvals_needed INTEGER NOT NULL DEFAULT 0,
+            lint TEXT,
+            channel TEXT,
+            card_ts TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            queued_until TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            outcome TEXT,
+            blue_slot TEXT,
+            green_slot TEXT,
+            blue_version TEXT,
+            blue_retire_at TEXT,
+            blue_retired INTEGER NOT NULL DEFAULT 0,
+            rollback_of INTEGER,
+            traffic_at TEXT
+        )""",
+        "CREATE INDEX deploys_service ON deploys(service, env, id)",
+        "CREATE INDEX deploys_status ON deploys(status)",
+        """CREATE TABLE approvals (
+            deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+            user TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (deploy_id, user)
+        )""",
+        """CREATE TABLE steps (
+            id INTEGER PRIMARY KEY,
+            deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX steps_deploy ON steps(deploy_id, id)",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            deploy_id INTEGER,
+            method TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            result_ts TEXT
+        )""",
+        "CREATE INDEX outbox_pending ON outbox(sent_at, id)",
+        """CREATE TABLE flags (
+            key TEXT PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            owner TEXT NOT NULL DEFAULT '',
+            default_value INTEGER NOT NULL DEFAULT 0,
+            rollout INTEGER,
+            rollout_by TEXT NOT NULL DEFAULT 'user',
+            group_id TEXT,
+            killed INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE flag_overrides (
+            flag_key TEXT NOT NULL REFERENCES flags(key),
+            tenant TEXT NOT NULL DEFAULT '',
+            role TEXT NOT NULL DEFAULT '',
+            value INTEGER NOT NULL,
+            rollout INTEGER,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (flag_key, tenant, role)
+        )""",
+        """CREATE TABLE flag_changes (
+            id INTEGER PRIMARY KEY,
+            flag_key TEXT NOT NULL,
+            change TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            note TEXT,
+            status TEXT NOT NULL,
+            run_at TEXT,
+            created_at TEXT NOT NULL,
+            applied_at TEXT
+        )""",
+        """CREATE TABLE applied_migrations (
+            service TEXT NOT NULL,
+            env TEXT NOT NULL,
+            name TEXT NOT NULL,
+            applied_at TEXT NOT NULL,
+            deploy_id INTEGER,
+            PRIMARY KEY (service, env, name)
+        )""",
+    ],
+]
