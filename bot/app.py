@@ -1,0 +1,117 @@
+"""The Bolt app factory: one App per Runtime, with the WebClient the runtime was built with.
+
+Tests point the client at a fake Slack (SLACK_API_URL). Listeners parse, call `commands/`, and
+ack within milliseconds; slow work goes to the runtime's worker, never Bolt's small pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
+
+from bot.runtime import Runtime
+
+log = logging.getLogger("recess.app")
+
+
+def safe(listener: Callable[..., Any]) -> Callable[..., Any]:
+    """A listener that fails answers the user with a reference, never a stack trace or a 500."""
+
+    @functools.wraps(listener)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return listener(*args, **kwargs)
+        except Exception:
+            ref = uuid.uuid4().hex[:8]
+            log.exception("listener %s failed (ref %s)", listener.__name__, ref)
+            ack = kwargs.get("ack")
+            if ack is not None:
+                try:
+                    ack(text=f":boom: recess hit an internal error (ref {ref}); nothing was changed. The operator can find it in the logs.", response_type="ephemeral")
+                except Exception:
+                    pass
+            return None
+
+    return wrapped
+
+
+class _SafeApp(App):
+    """Wraps every listener registered through command()/action()/event() in `safe`."""
+
+    def command(self, *a: Any, **kw: Any):  # noqa: ANN201
+        outer = super().command(*a, **kw)
+        return lambda fn: outer(safe(fn))
+
+    def action(self, *a: Any, **kw: Any):  # noqa: ANN201
+        outer = super().action(*a, **kw)
+        return lambda fn: outer(safe(fn))
+
+    def event(self, *a: Any, **kw: Any):  # noqa: ANN201
+        outer = super().event(*a, **kw)
+        return lambda fn: outer(safe(fn))
+
+
+def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
+    token = rt.client.token or ""
+
+    def authorize(**_: Any) -> AuthorizeResult:
+        # One workspace, one bot token: no auth.test round trip on the request path.
+        return AuthorizeResult(enterprise_id=None, team_id=None, bot_token=token, bot_user_id=None)
+
+    app = _SafeApp(
+        client=rt.client,
+        signing_secret=rt.signing_secret or ("socket-mode" if socket_mode else None),
+        authorize=authorize,
+        request_verification_enabled=not socket_mode,
+        token_verification_enabled=False,
+        ignoring_self_events_enabled=False,
+        listener_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt-listener"),
+    )
+
+    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+    seen_lock = threading.Lock()
+
+    @app.middleware
+    def drop_redelivered_events(body: dict, next: Callable[[], BoltResponse]) -> BoltResponse | None:  # noqa: A002
+        """Slack re-sends events (X-Slack-Retry-Num); an event_id seen before is acknowledged once."""
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        if event_id:
+            with seen_lock:
+                if event_id in seen:
+                    return BoltResponse(status=200, body="")
+                seen[event_id] = None
+                while len(seen) > 5000:
+                    seen.popitem(last=False)
+        return next()
+
+    from bot.listeners import home, window
+
+    window.register(app, rt)
+    home.register(app, rt)
+    for register in rt.extras.get("listeners", []):
+        register(app, rt)
+    _register_optional(app, rt)
+    return app
+
+
+def _register_optional(app: App, rt: Runtime) -> None:
+    """Rooms that later issues add register themselves here when present."""
+    import importlib
+
+    for name in ("bot.listeners.deploy", "bot.listeners.flag"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(app, rt)

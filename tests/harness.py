@@ -1,0 +1,132 @@
+"""Starts a real recess HTTP server in-process (uvicorn on a free port) against the fake Slack,
+with an injectable clock, for scenario tests that speak to /slack/events like Slack does."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from bot.app import build_app
+from bot.runtime import Runtime, build_runtime
+from bot.server import build_http_app
+from bot.slack_client import make_client
+from commands.config import Config, load_config
+from tests.fake_slack import FakeSlack
+from tests.slack_sender import SlackSender
+
+SECRET = "test-signing-secret"
+APPROVER_1 = "U0APPROVER1"
+APPROVER_2 = "U0APPROVER2"
+ENGINEER = "U0ENGINEER"
+
+BASE_CONFIG = """
+[bot]
+database = "recess.db"
+channel = "C0DEPLOYS"
+state_dir = ".recess"
+
+[access]
+approvers = ["U0APPROVER1", "U0APPROVER2"]
+
+[[tenants]]
+id = "lincoln-high"
+timezone = "America/New_York"
+
+[[tenants]]
+id = "la-elementary"
+timezone = "America/Los_Angeles"
+
+[environments.production]
+approvals = 1
+respect_windows = true
+keep_blue = "30m"
+
+[environments.staging]
+approvals = 0
+respect_windows = false
+keep_blue = "5m"
+
+[flags]
+api_keys = ["test-key"]
+
+[flags.defaults]
+portfolio_enabled = true
+ai_safety_v2 = false
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeClock:
+    """A settable clock: tests move time instead of waiting for it."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start.astimezone(dt.UTC)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            return self.now
+
+    def set(self, when: dt.datetime) -> None:
+        with self._lock:
+            self.now = when.astimezone(dt.UTC)
+
+    def advance(self, **kw: float) -> None:
+        with self._lock:
+            self.now += dt.timedelta(**kw)
+
+
+def write_config(folder: Path, extra: str = "", base: str = BASE_CONFIG) -> Path:
+    path = folder / "recess.toml"
+    path.write_text(textwrap.dedent(base) + "\n" + textwrap.dedent(extra))
+    return path
+
+
+class RecessServer:
+    def __init__(self, cfg: Config, slack: FakeSlack, clock: FakeClock | None = None) -> None:
+        self.cfg = cfg
+        self.slack = slack
+        self.clock = clock or FakeClock(dt.datetime.now(dt.UTC))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.rt: Runtime = build_runtime(
+            cfg, client=make_client("xoxb-test", slack.api_url), clock=self.clock, signing_secret=SECRET
+        )
+        self.rt.start()
+        self.bolt = build_app(self.rt)
+        http = build_http_app(self.rt, self.bolt)
+        self.server = uvicorn.Server(uvicorn.Config(http, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("recess server did not start")
+            time.sleep(0.01)
+        self.sender = SlackSender(self.url, SECRET, response_url=slack.response_url())
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def command(self, command: str, text: str = "", user: str = ENGINEER, **kw) -> httpx.Response:  # noqa: ANN003
+        return self.sender.command(command, text, user=user, **kw)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.rt.stop()
+        self.rt.store.close()
+
+
+def start_server(tmp_path: Path, slack: FakeSlack, extra: str = "", clock: FakeClock | None = None, base: str = BASE_CONFIG) -> RecessServer:
+    return RecessServer(load_config(write_config(tmp_path, extra, base)), slack, clock)
