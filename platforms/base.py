@@ -19,6 +19,28 @@ def other_slot(slot: str) -> str:
     return "green" if slot == "blue" else "blue"
 
 
+def checked_weights(weights: Mapping[str, int]) -> dict[str, int]:
+    """Weights for both slots, each a whole number from 0 to 100; a slot left out gets 0.
+
+    Raises PlatformError on an unknown slot or a bad number.
+    """
+    unknown = sorted(set(weights) - set(SLOTS))
+    if unknown:
+        raise PlatformError(f"unknown slot {unknown[0]!r} in weights: expected blue and green")
+    out = {}
+    for slot in SLOTS:
+        w = weights.get(slot, 0)
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 100:
+            raise PlatformError(f"weight of {slot} must be a whole number from 0 to 100, got {w!r}")
+        out[slot] = w
+    return out
+
+
+def format_weights(weights: Mapping[str, int]) -> str:
+    """{"blue": 0, "green": 100} -> "blue=0,green=100" (RECESS_WEIGHTS, thread lines)."""
+    return ",".join(f"{s}={weights.get(s, 0)}" for s in SLOTS)
+
+
 class PlatformError(Exception):
     """A platform operation failed; the message (and output, if any) is shown in the thread."""
 

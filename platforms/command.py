@@ -1,0 +1,234 @@
+"""The `command` platform: every operation is a shell command from the configuration.
+
+It is how a team drives Railway's CLI, kubectl or its own scripts. The deploy's values reach the
+command as environment variables, never spliced into the command text:
+
+    RECESS_SERVICE, RECESS_ENV    always
+    RECESS_SLOT                   start, stop, health, migrate
+    RECESS_VERSION                start, migrate (and health, when known)
+    RECESS_WEIGHTS                shift: "blue=0,green=100"
+    RECESS_WEIGHT_BLUE/_GREEN     shift: the two numbers on their own
+
+A non-zero exit is a failure: PlatformError names the command and its exit code, and carries the
+command's output. `status` prints JSON, see `parse_status`. The contract is in docs/blue-green.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from platforms.base import (
+    SLOTS,
+    Health,
+    PlatformError,
+    Result,
+    RouterStats,
+    SlotState,
+    Traffic,
+    checked_weights,
+    format_weights,
+)
+
+if TYPE_CHECKING:
+    from commands.config import Service
+
+log = logging.getLogger(__name__)
+
+OUTPUT_CHARS = 20000
+
+
+class CommandPlatform:
+    """A service whose slots and router are driven by shell commands. Bound to service + env."""
+
+    def __init__(
+        self,
+        service: str,
+        env: str,
+        spec: Service,
+        state_dir: Path,
+        *,
+        workdir: Path | None = None,
+        timeout: float = 600.0,
+        status_timeout: float = 60.0,
+        migrate_timeout: float | None = None,
+    ) -> None:
+        if spec.command is None:
+            raise PlatformError(f"service {service!r} has no [services.{service}.command] table")
+        self.service = service
+        self.env = env
+        self.commands = spec.command
+        self.state_dir = Path(state_dir).absolute()
+        self.workdir = Path(workdir).absolute() if workdir else Path.cwd()
+        self.timeout = timeout
+        self.status_timeout = status_timeout
+        self.migrate_timeout = migrate_timeout
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def status(self) -> Traffic:
+        output = self._run("status", self.commands.status, {}, timeout=self.status_timeout)
+        return parse_status(output, self.commands.status)
+
+    def start(self, slot: str, version: str) -> None:
+        _check_slot(slot)
+        self._run("start", self.commands.start, {"RECESS_SLOT": slot, "RECESS_VERSION": version})
+
+    def stop(self, slot: str) -> None:
+        _check_slot(slot)
+        self._run("stop", self.commands.stop, {"RECESS_SLOT": slot})
+
+    def health(self, slot: str) -> Health:
+        _check_slot(slot)
+        if not self.commands.health:
+            # No command and no address to probe: the best evidence is that status shows a version.
+            try:
+                state = self.status().slot(slot)
+            except PlatformError as exc:
+                return Health(ok=False, detail=str(exc))
+            if state.running:
+                return Health(ok=True, detail=f"no health command; status shows {state.version} in {slot}")
+            return Health(ok=False, detail=f"no health command; status shows nothing running in {slot}")
+        ran = self._exec(self.commands.health, {"RECESS_SLOT": slot}, timeout=self.status_timeout)
+        if ran.code is None:
+            return Health(ok=False, detail=f"health command timed out after {self.status_timeout:.0f} s")
+        return Health(ok=ran.code == 0, detail=_last_lines(ran.output) or f"exit code {ran.code}")
+
+    def shift(self, weights: Mapping[str, int]) -> None:
+        target = checked_weights(weights)
+        extra = {
+            "RECESS_WEIGHTS": format_weights(target),
+            **{f"RECESS_WEIGHT_{s.upper()}": str(target[s]) for s in SLOTS},
+        }
+        self._run("shift", self.commands.shift, extra)
+
+    def migrate(self, slot: str, version: str, env: Mapping[str, str]) -> Result:
+        _check_slot(slot)
+        if not self.commands.migrate:
+            return Result(ok=True, output="no migrate command")
+        extra = {**dict(env), "RECESS_SLOT": slot, "RECESS_VERSION": version}
+        ran = self._exec(self.commands.migrate, extra, timeout=self.migrate_timeout)
+        if ran.code is None:
+            return Result(ok=False, output=ran.output + f"\n(timed out after {self.migrate_timeout} s)")
+        return Result(ok=ran.code == 0, output=ran.output, exit_code=ran.code)
+
+    def base_url(self, slot: str) -> str:
+        """The slot's URL when `status` reports one in "urls", else ""."""
+        _check_slot(slot)
+        output = self._run("status", self.commands.status, {}, timeout=self.status_timeout)
+        try:
+            urls = json.loads(output).get("urls") or {}
+        except (ValueError, AttributeError):
+            return ""
+        url = urls.get(slot) if isinstance(urls, dict) else None
+        return url if isinstance(url, str) else ""
+
+    def router_stats(self) -> dict[str, RouterStats]:
+        return {}  # the platform's own router keeps its counters to itself
+
+    def drain(self, slot: str, timeout: float) -> None:
+        _check_slot(slot)  # nothing to watch: the platform's `stop` is expected to drain
+
+    # -- running commands ------------------------------------------------------------------------
+
+    def _env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        return {**os.environ, "RECESS_SERVICE": self.service, "RECESS_ENV": self.env, **dict(extra)}
+
+    def _exec(self, command: str, extra: Mapping[str, str], timeout: float | None) -> _Ran:
+        try:
+            done = subprocess.run(
+                command,
+                shell=True,
+                cwd=self.workdir,
+                env=self._env(extra),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            return _Ran(None, _text(exc.stdout), _text(exc.stderr))
+        except OSError as exc:
+            raise PlatformError(f"cannot run {command!r}: {exc}") from None
+        return _Ran(done.returncode, _text(done.stdout), _text(done.stderr))
+
+    def _run(self, what: str, command: str, extra: Mapping[str, str], timeout: float | None = None) -> str:
+        """Runs an operation's command; returns its stdout, raises PlatformError unless it exits 0."""
+        limit = self.timeout if timeout is None else timeout
+        ran = self._exec(command, extra, timeout=limit)
+        if ran.code is None:
+            raise PlatformError(f"{what} command {command!r} timed out after {limit:.0f} s", output=ran.output)
+        if ran.code != 0:
+            raise PlatformError(f"{what} command {command!r} failed with exit code {ran.code}", output=ran.output)
+        return ran.stdout
+
+
+@dataclass(frozen=True)
+class _Ran:
+    code: int | None  # None: the command ran out of time and was killed
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return _trim(self.stdout + self.stderr)
+
+
+def parse_status(output: str, command: str = "status") -> Traffic:
+    """Reads the JSON printed by a `status` command:
+
+    {"weights": {"blue": 100, "green": 0}, "versions": {"blue": "v1", "green": null}}
+
+    Optional keys: "running" ({"blue": true, ...}; default: a slot runs when it has a version),
+    "router_up" (default true), "urls" ({"blue": "https://...", ...}, see base_url).
+    """
+    try:
+        data: Any = json.loads(output)
+    except ValueError as exc:
+        raise PlatformError(f"status command {command!r} did not print JSON ({exc})", output=_trim(output)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
+        raise PlatformError(
+            f"status command {command!r} printed JSON without a \"weights\" object", output=_trim(output)
+        )
+    versions = data.get("versions") or {}
+    running = data.get("running") or {}
+    if not isinstance(versions, dict) or not isinstance(running, dict):
+        raise PlatformError(f"status command {command!r}: \"versions\" and \"running\" must be objects",
+                            output=_trim(output))
+    slots = {}
+    for slot in SLOTS:
+        weight = data["weights"].get(slot, 0)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise PlatformError(f"status command {command!r}: weights.{slot} must be a whole number, got {weight!r}",
+                                output=_trim(output))
+        version = versions.get(slot)
+        if version is not None and not isinstance(version, str):
+            version = str(version)
+        is_running = bool(running.get(slot, version is not None))
+        slots[slot] = SlotState(slot=slot, version=version if is_running else None, running=is_running,
+                                weight=weight)
+    return Traffic(slots=slots, router_up=bool(data.get("router_up", True)))
+
+
+def _check_slot(slot: str) -> None:
+    if slot not in SLOTS:
+        raise PlatformError(f"unknown slot {slot!r}: expected blue or green")
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _trim(output: str) -> str:
+    return output if len(output) <= OUTPUT_CHARS else "...\n" + output[-OUTPUT_CHARS:]
+
+
+def _last_lines(output: str, n: int = 5) -> str:
+    return "\n".join(output.strip().splitlines()[-n:])
