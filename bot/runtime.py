@@ -107,6 +107,9 @@ def build_runtime(
         scheduler=BackgroundScheduler(timezone=dt.UTC, job_defaults={"coalesce": True, "misfire_grace_time": None}),
         signing_secret=signing_secret if signing_secret is not None else os.environ.get("SLACK_SIGNING_SECRET", ""),
     )
+    from bot.deploying import attach_deployer
+
+    attach_deployer(rt)
     return rt
 
 

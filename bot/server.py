@@ -8,6 +8,7 @@ gets 400.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import logging
 import urllib.parse
@@ -94,7 +95,7 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Sta
         Route("/api/v1/window", window, methods=["GET"]),
     ]
     try:
-        from bot import ofrep
+        ofrep = importlib.import_module("bot.ofrep")
     except ModuleNotFoundError as exc:
         if exc.name != "bot.ofrep":
             raise

@@ -47,11 +47,15 @@ timezone = "America/Los_Angeles"
 approvals = 1
 respect_windows = true
 keep_blue = "30m"
+bake_time = "0s"
+canary_pause = "0s"
 
 [environments.staging]
 approvals = 0
 respect_windows = false
 keep_blue = "5m"
+bake_time = "0s"
+canary_pause = "0s"
 
 [flags]
 api_keys = ["test-key"]
@@ -59,6 +63,21 @@ api_keys = ["test-key"]
 [flags.defaults]
 portfolio_enabled = true
 ai_safety_v2 = false
+"""
+
+
+FAKE_SERVICE = """
+[services.web]
+platform = "command"
+health_path = "/health"
+health_timeout = "1s"
+
+[services.web.command]
+start = "true"
+stop = "true"
+shift = "true"
+status = "true"
+migrate = "true"
 """
 
 

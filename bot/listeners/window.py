@@ -10,7 +10,13 @@ from slack_bolt import App
 from bot.listeners.text import ParseError, split_args
 from bot.runtime import Runtime, user_timezone
 from bot.views.common import ephemeral, usage_reply
-from bot.views.window import WINDOW_USAGE, freeze_announcement, freeze_line, freezes_reply, verdict_reply
+from bot.views.window import (
+    WINDOW_USAGE,
+    freeze_announcement,
+    freeze_line,
+    freezes_reply,
+    verdict_reply,
+)
 from commands import freezes
 from commands.windows import parse_when
 

@@ -1,0 +1,88 @@
+"""Wires the deploy domain into a running bot: Slack through the outbox, platforms, the scheduler."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+
+from bot.runtime import Runtime
+from commands.deploys import Deployer
+from platforms.base import Platform
+
+
+class OutboxNotifier:
+    """The deploy domain's Notifier: every message is queued in SQLite and sent in order."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def post_card(self, deploy_id: int) -> None:
+        self.rt.outbox.post_card(deploy_id, self.rt.cfg.bot.channel)
+
+    def update_card(self, deploy_id: int) -> None:
+        self.rt.outbox.update_card(deploy_id)
+
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None:
+        self.rt.outbox.post(self.rt.cfg.bot.channel, text, deploy_id=deploy_id, thread=True, broadcast=broadcast)
+
+    def channel(self, text: str) -> None:
+        self.rt.outbox.post(self.rt.cfg.bot.channel, text)
+
+
+class PlatformCache:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._made: dict[tuple[str, str], Platform] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, service: str, env: str) -> Platform:
+        with self._lock:
+            if (service, env) not in self._made:
+                factory = self.rt.extras.get("platform_factory")
+                if factory is None:
+                    from platforms import make_platform as factory
+                self._made[(service, env)] = factory(self.rt.cfg, service, env)
+            return self._made[(service, env)]
+
+
+def scheduler_arm(rt: Runtime) -> Callable[[str, dt.datetime, Callable[[], None]], None]:
+    def arm(job_id: str, at: dt.datetime, fn: Callable[[], None]) -> None:
+        # The job only nudges the domain, which re-reads SQLite and the (injectable) clock.
+        rt.scheduler.add_job(lambda: rt.submit(fn), "date", run_date=at, id=job_id, replace_existing=True,
+                             misfire_grace_time=None)
+
+    return arm
+
+
+def attach_deployer(rt: Runtime) -> Deployer:
+    deployer = Deployer(
+        cfg=rt.cfg,
+        store=rt.store,
+        policy=rt.policy,
+        notify=OutboxNotifier(rt),
+        platform_for=PlatformCache(rt),
+        clock=rt.clock,
+        run_async=lambda fn: rt.submit(fn),
+        arm=scheduler_arm(rt),
+    )
+    rt.extras["deployer"] = deployer
+    from bot.views.deploy import render_card
+
+    rt.outbox.render_card = lambda deploy_id: render_card(rt, deploy_id)
+
+    def on_start(rt: Runtime) -> None:
+        from commands.recovery import recover_all
+
+        recover_all(deployer)
+        deployer.rearm()
+        deployer.rearm_retirements()
+        rt.scheduler.add_job(lambda: rt.submit(deployer.run_due), "interval", seconds=30, id="queue-sweep", replace_existing=True)
+        rt.scheduler.add_job(lambda: rt.submit(deployer.retire_due), "interval", seconds=30, id="retire-sweep", replace_existing=True)
+
+    rt.extras.setdefault("on_start", []).append(on_start)
+    return deployer
+
+
+def deployer_of(rt: Runtime) -> Deployer:
+    return rt.extras["deployer"]

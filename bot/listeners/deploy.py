@@ -1,0 +1,170 @@
+"""/deploy, /rollback and the buttons on request cards: parse, call commands/, answer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt import App
+
+from bot.deploying import deployer_of
+from bot.listeners.text import ParseError, split_args
+from bot.runtime import Runtime
+from bot.views.common import ephemeral, usage_reply
+from bot.views.deploy import (
+    DEPLOY_USAGE,
+    ROLLBACK_USAGE,
+    history_reply,
+    rollback_preview,
+    thread_link,
+)
+from commands import rollback as rollbacks
+from commands.deploys import DeployError
+
+
+@dataclass
+class DeployArgs:
+    service: str
+    version: str
+    env: str | None = None
+    now_reason: str | None = None
+    canary: list[int] | None = None
+    contract: bool = False
+
+
+def parse_deploy(args: list[str]) -> DeployArgs:
+    positional: list[str] = []
+    now_reason = None
+    canary = None
+    contract = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--now":
+            words = []
+            i += 1
+            while i < len(args) and not args[i].startswith("--"):
+                words.append(args[i])
+                i += 1
+            if not words:
+                raise ParseError("`--now` needs a reason, like `--now \"fixes the gradebook outage\"`")
+            now_reason = " ".join(words)
+            continue
+        if a.startswith("--canary"):
+            value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in a else 2
+            try:
+                canary = [int(p) for p in value.split(",") if p.strip()]
+            except ValueError:
+                raise ParseError(f"`--canary` takes percentages like `10,50`, got `{value}`") from None
+            if not canary:
+                raise ParseError("`--canary` takes percentages like `10,50`")
+            continue
+        if a == "--contract":
+            contract = True
+            i += 1
+            continue
+        if a.startswith("--"):
+            raise ParseError(f"unknown option `{a}`")
+        positional.append(a)
+        i += 1
+    if len(positional) < 2:
+        raise ParseError("`/deploy` needs a SERVICE and a VERSION, like `/deploy web v2.4.1`")
+    if len(positional) > 3:
+        raise ParseError(f"too many words: `{' '.join(positional[3:])}`")
+    return DeployArgs(positional[0], positional[1], positional[2] if len(positional) == 3 else None, now_reason, canary, contract)
+
+
+def handle_deploy(rt: Runtime, user: str, text: str) -> dict[str, Any]:
+    deployer = deployer_of(rt)
+    try:
+        args = split_args(text)
+        if not args or args[0] in ("help", "-h", "--help"):
+            return ephemeral(f"```{DEPLOY_USAGE}```")
+        if args[0] == "history":
+            if len(args) > 2:
+                raise ParseError("`/deploy history` takes at most one SERVICE")
+            service = args[1] if len(args) == 2 else None
+            return history_reply(deployer.history(service), service)
+        parsed = parse_deploy(args)
+        d = deployer.request(actor=user, service=parsed.service, version=parsed.version, env=parsed.env,
+                             now_reason=parsed.now_reason, canary=parsed.canary, contract=parsed.contract)
+    except (ParseError, DeployError) as exc:
+        return usage_reply(str(exc), DEPLOY_USAGE)
+    return ephemeral(f":memo: Deploy #{d['id']} of {d['service']} {d['version']} to {d['env']} requested: "
+                     f"its card is in <#{d['channel']}>, where approvers approve it and the thread follows every step.")
+
+
+def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
+    deployer = deployer_of(rt)
+    try:
+        args = split_args(text)
+        if not args or args[0] in ("help", "-h", "--help"):
+            return ephemeral(f"```{ROLLBACK_USAGE}```")
+        if len(args) > 2:
+            raise ParseError("`/rollback` takes a SERVICE and an optional ENV")
+        plan = rollbacks.plan(deployer, args[0], args[1] if len(args) == 2 else None, user)
+    except (ParseError, DeployError) as exc:
+        return usage_reply(str(exc), ROLLBACK_USAGE)
+    return rollback_preview(plan)
+
+
+def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None]:
+    user = body["user"]["id"]
+    action = body["actions"][0]
+    try:
+        deploy_id = int(action.get("value", ""))
+    except ValueError:
+        deploy_id = None
+    container = body.get("container") or {}
+    card_ts = None if container.get("is_ephemeral") else container.get("message_ts")
+    return user, deploy_id, card_ts
+
+
+def register(app: App, rt: Runtime) -> None:
+    @app.command("/deploy")
+    def deploy_command(ack, command) -> None:  # noqa: ANN001
+        ack(**handle_deploy(rt, command["user_id"], command.get("text", "")))
+
+    @app.command("/rollback")
+    def rollback_command(ack, command) -> None:  # noqa: ANN001
+        ack(**handle_rollback(rt, command["user_id"], command.get("text", "")))
+
+    def on_click(verb: str):  # noqa: ANN202
+        def listener(ack, body, respond) -> None:  # noqa: ANN001
+            clicked_at = time.monotonic()
+            ack()
+            user, deploy_id, card_ts = _click(body)
+
+            def work() -> None:
+                deployer = deployer_of(rt)
+                try:
+                    if deploy_id is None:
+                        raise DeployError("this button carries no deploy; use the newest card")
+                    if verb == "approve":
+                        note = deployer.approve(deploy_id, user, card_ts=card_ts)
+                        if note != "approved":
+                            respond(text=f":ballot_box_with_check: {note}.", response_type="ephemeral", replace_original=False)
+                    elif verb == "reject":
+                        deployer.reject(deploy_id, user, card_ts=card_ts)
+                    elif verb == "cancel":
+                        deployer.cancel(deploy_id, user, card_ts=card_ts)
+                    elif verb == "rollback":
+                        rollbacks.rollback(deployer, deploy_id, user, clicked_at=clicked_at,
+                                           card_ts=card_ts if body["actions"][0]["action_id"] == "rollback_card" else None)
+                except DeployError as exc:
+                    d = deployer.get(deploy_id) if deploy_id else None
+                    where = f" (<{thread_link(d)}|thread>)" if d else ""
+                    respond(text=f":warning: {exc}{where}", response_type="ephemeral", replace_original=False)
+
+            rt.submit(work)
+
+        listener.__name__ = f"{verb}_clicked"
+        return listener
+
+    app.action("deploy_approve")(on_click("approve"))
+    app.action("deploy_reject")(on_click("reject"))
+    app.action("deploy_cancel")(on_click("cancel"))
+    app.action("rollback_start")(on_click("rollback"))
+    app.action("rollback_card")(on_click("rollback"))

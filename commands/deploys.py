@@ -1,0 +1,345 @@
+"""Deploy requests, approvals and the window queue: everything between `/deploy` and the pipeline.
+
+A deploy moves `pending -> approved -> queued -> running -> succeeded | failed | rolled_back`,
+or ends `rejected` / `cancelled`. Each move is one conditional update (storage.deploys.transition),
+so double clicks and Slack retries act once. Cards, thread lines and history are derived from the
+stored rows. No Slack imports: what should be said goes through a Notifier.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from commands.config import Config
+from commands.freezes import current_calendar
+from commands.policy import Policy
+from platforms.base import Platform
+from storage import audit
+from storage import deploys as rows
+from storage.db import Store
+
+log = logging.getLogger("recess.deploys")
+
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
+
+# The deploy state machine, as data: which statuses each status may move to.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "pending": ("approved", "queued", "running", "rejected", "cancelled"),
+    "approved": ("queued", "running", "cancelled"),
+    "queued": ("queued", "running", "cancelled"),
+    "running": ("succeeded", "failed", "rolled_back"),
+    "succeeded": ("rolled_back",),
+}
+
+
+class DeployError(ValueError):
+    """A refused request or click; the message is shown to the user (ephemeral) and nothing changed."""
+
+
+class Notifier(Protocol):
+    """What the deploy domain says; the bot delivers it to Slack through its outbox."""
+
+    def post_card(self, deploy_id: int) -> None: ...
+    def update_card(self, deploy_id: int) -> None: ...
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None: ...
+    def channel(self, text: str) -> None: ...
+
+
+@dataclass
+class Deployer:
+    """The deploy domain with its collaborators. One per running bot."""
+
+    cfg: Config
+    store: Store
+    policy: Policy
+    notify: Notifier
+    platform_for: Callable[[str, str], Platform]
+    clock: Callable[[], dt.datetime]
+    run_async: Callable[[Callable[[], None]], None]
+    arm: Callable[[str, dt.datetime, Callable[[], None]], None] = lambda job_id, at, fn: None
+    sleep: Callable[[float], None] = field(default=lambda s: threading.Event().wait(s))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def parse_request(self, service: str, version: str, env: str | None) -> tuple[str, str, str]:
+        if service not in self.cfg.services:
+            known = ", ".join(sorted(self.cfg.services)) or "none configured"
+            raise DeployError(f"unknown service `{service}` (known: {known})")
+        envs = self.cfg.service_environments(service)
+        env = env or (self.cfg.default_environment if self.cfg.default_environment in envs else envs[0])
+        if env not in self.cfg.environments:
+            raise DeployError(f"unknown environment `{env}` (known: {', '.join(self.cfg.environments)})")
+        if env not in envs:
+            raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
+        if not VERSION.fullmatch(version):
+            raise DeployError(f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
+        return service, version, env
+
+    def request(
+        self,
+        *,
+        actor: str,
+        service: str,
+        version: str,
+        env: str | None = None,
+        now_reason: str | None = None,
+        canary: list[int] | None = None,
+        contract: bool = False,
+        command: str = "/deploy",
+    ) -> dict[str, Any]:
+        service, version, env = self.parse_request(service, version, env)
+        decision = self.policy.can_deploy(actor)
+        if not decision:
+            raise DeployError(decision.reason)
+        if canary is not None:
+            if not canary or any(not 0 < p < 100 for p in canary) or canary != sorted(set(canary)):
+                raise DeployError("`--canary` takes rising percentages between 1 and 99, like `--canary 10,50`")
+        if now_reason is not None and not now_reason.strip():
+            raise DeployError("`--now` needs a reason, like `--now \"fixes the login outage\"`")
+        lint = self.migration_report(service, env)
+        env_cfg = self.cfg.environments[env]
+        now = self.clock()
+        blocked_now = env_cfg.respect_windows and not current_calendar(self.cfg, self.store).is_safe(now)
+        with self._lock, self.store.transaction():
+            held = rows.holder(self.store, service, env)
+            if held:
+                raise DeployError(
+                    f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
+                    f"requested by <@{held['requester']}>; see its thread, or cancel it first"
+                )
+            live = rows.live(self.store, service, env)
+            current = live["version"] if live else None
+            if current == version:
+                raise DeployError(f"{version} is already live on {service} in {env}")
+            if lint is not None:
+                lint["contract_allowed"] = bool(contract and (live is None or live["blue_retired"]))
+            needed = env_cfg.approvals
+            if now_reason and blocked_now:
+                needed += 1  # overriding the school calendar costs one more approval
+            if lint and lint["contract_allowed"] and lint["contract"]:
+                needed += 1
+            deploy_id = rows.insert(
+                self.store,
+                kind="deploy",
+                service=service,
+                env=env,
+                version=version,
+                previous_version=current,
+                requester=actor,
+                status="pending",
+                now_reason=now_reason.strip() if now_reason else None,
+                canary=canary,
+                contract=int(contract),
+                approvals_needed=needed,
+                lint=lint,
+                channel=self.cfg.bot.channel,
+            )
+            audit.record(
+                self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
+                after={"service": service, "env": env, "version": version, "previous": current,
+                       "now_reason": now_reason, "canary": canary, "approvals_needed": needed},
+                at=now,
+            )
+        self.notify.post_card(deploy_id)
+        if needed == 0 and not self.blocking_findings(deploy_id):
+            self._approved(deploy_id, actor)
+        return rows.get(self.store, deploy_id)
+
+    def migration_report(self, service: str, env: str) -> dict[str, Any] | None:
+        """The lint of the service's pending migrations, stored on the request and shown on the card."""
+        svc = self.cfg.services[service]
+        if not svc.migrations:
+            return None
+        from commands import migrations
+        from storage import applied_migrations
+
+        try:
+            pending = migrations.pending_migrations(self.cfg.path(svc.migrations), applied_migrations.applied(self.store, service, env))
+            report = migrations.lint_paths(pending, svc.pg_version) if pending else None
+        except migrations.LintUsageError as exc:
+            raise DeployError(f"cannot lint {service}'s migrations: {exc}") from None
+        findings = [{**f.to_json(), "phase": f.phase} for f in (report.findings if report else ())]
+        return {
+            "pending": [p.name for p in pending],
+            "findings": findings,
+            "contract": any(f["phase"] == "contract" for f in findings),
+        }
+
+    # -- decisions on the card ------------------------------------------------------------------
+
+    def _load_for_click(self, deploy_id: int, card_ts: str | None) -> dict[str, Any]:
+        d = rows.get(self.store, deploy_id)
+        if d is None:
+            raise DeployError(f"deploy #{deploy_id} does not exist")
+        if card_ts and d["card_ts"] and card_ts != d["card_ts"]:
+            raise DeployError(f"this card is not deploy #{deploy_id}'s card; use the newest card in <#{d['channel']}>")
+        return d
+
+    def blocking_findings(self, deploy_id: int) -> list[dict[str, Any]]:
+        d = rows.get(self.store, deploy_id)
+        lint = (d or {}).get("lint") or {}
+        allowed = bool(d and d["contract"] and lint.get("contract_allowed"))
+        return [f for f in lint.get("findings", []) if f["severity"] == "block" and not (allowed and f.get("phase") == "contract")]
+
+    def approve(self, deploy_id: int, actor: str, *, card_ts: str | None = None) -> str:
+        d = self._load_for_click(deploy_id, card_ts)
+        if d["status"] != "pending":
+            raise DeployError(f"deploy #{deploy_id} is already {d['status']}; nothing to approve")
+        decision = self.policy.can_approve(actor, d["requester"])
+        if not decision:
+            raise DeployError(decision.reason)
+        blocking = self.blocking_findings(deploy_id)
+        if blocking:
+            f = blocking[0]
+            raise DeployError(
+                f"approval is refused while {len(blocking)} migration finding(s) block: "
+                f"{f['file']}:{f['line']} {f['rule']}. {f.get('fix', '')}"
+            )
+        with self.store.transaction():
+            if not rows.add_approval(self.store, deploy_id, actor):
+                raise DeployError("you already approved this deploy; another approver is needed")
+            audit.record(self.store, actor=actor, command="button:approve", action="deploy.approve", target=f"deploy:{deploy_id}",
+                         before={"status": "pending"}, after={"approvals": rows.approvers(self.store, deploy_id)}, at=self.clock())
+        have = len(rows.approvers(self.store, deploy_id))
+        if have >= d["approvals_needed"]:
+            self._approved(deploy_id, actor)
+            return "approved"
+        self.notify.update_card(deploy_id)
+        return f"approval {have} of {d['approvals_needed']} recorded"
+
+    def reject(self, deploy_id: int, actor: str, *, card_ts: str | None = None) -> None:
+        d = self._load_for_click(deploy_id, card_ts)
+        decision = self.policy.can_reject(actor, d["requester"])
+        if not decision:
+            raise DeployError(decision.reason)
+        if not rows.transition(self.store, deploy_id, "pending", "rejected", finished_at=self.clock(), outcome=f"rejected by <@{actor}>"):
+            raise DeployError(f"deploy #{deploy_id} is already {rows.get(self.store, deploy_id)['status']}; it cannot be rejected")
+        audit.record(self.store, actor=actor, command="button:reject", action="deploy.reject", target=f"deploy:{deploy_id}",
+                     before={"status": "pending"}, after={"status": "rejected"}, at=self.clock())
+        self.notify.update_card(deploy_id)
+        self.notify.thread(deploy_id, f":no_entry_sign: Rejected by <@{actor}>.")
+
+    def cancel(self, deploy_id: int, actor: str, *, card_ts: str | None = None) -> None:
+        d = self._load_for_click(deploy_id, card_ts)
+        decision = self.policy.can_cancel(actor, d["requester"])
+        if not decision:
+            raise DeployError(decision.reason)
+        before = d["status"]
+        if not rows.transition(self.store, deploy_id, ("pending", "approved", "queued"), "cancelled", finished_at=self.clock(), outcome=f"cancelled by <@{actor}>"):
+            now_status = rows.get(self.store, deploy_id)["status"]
+            raise DeployError(f"deploy #{deploy_id} is {now_status}; only pending or queued deploys can be cancelled")
+        audit.record(self.store, actor=actor, command="button:cancel", action="deploy.cancel", target=f"deploy:{deploy_id}",
+                     before={"status": before}, after={"status": "cancelled"}, at=self.clock())
+        self.notify.update_card(deploy_id)
+        self.notify.thread(deploy_id, f":wastebasket: Cancelled by <@{actor}>.")
+
+    # -- the queue ----------------------------------------------------------------------------
+
+    def _approved(self, deploy_id: int, actor: str) -> None:
+        if not rows.transition(self.store, deploy_id, "pending", "approved"):
+            return  # someone else's click got there first
+        self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor else ":white_check_mark: Approved.")
+        self.schedule(deploy_id)
+
+    def schedule(self, deploy_id: int) -> None:
+        """Start an approved (or queued) deploy now if the window allows, else queue it for the bell."""
+        d = rows.get(self.store, deploy_id)
+        if d is None or d["status"] not in ("approved", "queued"):
+            return
+        now = self.clock()
+        env_cfg = self.cfg.environments[d["env"]]
+        if env_cfg.respect_windows and not d["now_reason"]:
+            calendar = current_calendar(self.cfg, self.store)
+            if not calendar.is_safe(now):
+                nxt = calendar.next_safe_window(now)
+                if nxt is None:
+                    rows.transition(self.store, deploy_id, ("approved", "queued"), "cancelled", finished_at=now, outcome="no safe window within 400 days")
+                    self.notify.update_card(deploy_id)
+                    self.notify.thread(deploy_id, ":warning: No safe window in the next 400 days; the deploy was cancelled.", broadcast=True)
+                    return
+                requeue = d["status"] == "queued"
+                if rows.transition(self.store, deploy_id, ("approved", "queued"), "queued", queued_until=nxt):
+                    self.arm(f"deploy-{deploy_id}", nxt, self.run_due)
+                    self.notify.update_card(deploy_id)
+                    if requeue:
+                        self.notify.thread(deploy_id, ":hourglass: The window closed again (a freeze or school hours); queued for the next safe window.")
+                    else:
+                        self.notify.thread(deploy_id, ":hourglass: Queued until the last school's day ends.")
+                return
+        if rows.transition(self.store, deploy_id, ("approved", "queued"), "running", started_at=now):
+            self.notify.update_card(deploy_id)
+            self.run_async(lambda: self.run_pipeline(deploy_id))
+
+    def run_due(self) -> None:
+        """Starts every queued deploy whose time has come (re-checking the window)."""
+        now = self.clock()
+        for d in rows.with_status(self.store, "queued"):
+            if d["queued_until"] is None or d["queued_until"] <= now:
+                self.schedule(d["id"])
+
+    def rearm(self) -> None:
+        """At start-up: every queued deploy gets its timer back; overdue ones are checked now."""
+        for d in rows.with_status(self.store, "queued"):
+            if d["queued_until"] and d["queued_until"] > self.clock():
+                self.arm(f"deploy-{d['id']}", d["queued_until"], self.run_due)
+        self.run_due()
+
+    def run_pipeline(self, deploy_id: int) -> None:
+        from commands.pipeline import Pipeline
+
+        Pipeline(self, deploy_id).run()
+
+    # -- keeping blue, then retiring it --------------------------------------------------------
+
+    def retire_due(self) -> None:
+        """Stops the kept (blue) version of every deploy whose rollback window has passed."""
+        now = self.clock()
+        for d in rows.due_retirements(self.store):
+            if d["blue_retire_at"] > now:
+                continue
+            self.retire_blue(d)
+
+    def retire_blue(self, d: dict[str, Any]) -> None:
+        kept_slot = d["blue_slot"]
+        cur = self.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ? AND blue_retired = 0", (d["id"],))
+        if cur.rowcount != 1 or not kept_slot:
+            return
+        platform = self.platform_for(d["service"], d["env"])
+        try:
+            traffic = platform.status()
+            if traffic.slot(kept_slot).weight > 0:
+                self.notify.thread(d["id"], f":warning: Slot {kept_slot} still takes traffic, so it was not retired.")
+                return
+            platform.drain(kept_slot, timeout=30)
+            platform.stop(kept_slot)
+        except Exception as exc:  # the platform is away: say so, the next deploy replaces the slot anyway
+            self.notify.thread(d["id"], f":warning: Could not retire blue ({d['blue_version']}): {exc}")
+            return
+        audit.record(self.store, actor="recess", command="scheduler", action="blue.retire", target=f"deploy:{d['id']}",
+                     before={"slot": kept_slot, "version": d["blue_version"]}, after=None)
+        self.notify.update_card(d["id"])
+        self.notify.thread(d["id"], f":sunrise: Blue ({d['blue_version']}) retired after the rollback window; "
+                                    f"`/rollback {d['service']}` now redeploys {d['blue_version']} through the pipeline.")
+
+    def rearm_retirements(self) -> None:
+        for d in rows.due_retirements(self.store):
+            self.arm(f"retire-{d['id']}", d["blue_retire_at"], self.retire_due)
+        self.retire_due()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, deploy_id: int) -> dict[str, Any] | None:
+        return rows.get(self.store, deploy_id)
+
+    def history(self, service: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        if service and service not in self.cfg.services:
+            raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(self.cfg.services))})")
+        return rows.history(self.store, service, limit)

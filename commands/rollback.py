@@ -1,0 +1,150 @@
+"""Rollback: one router call back to the kept version while it lives, else a redeploy of it.
+
+A rollback is stored as a deploy row of kind 'rollback' that shares the card and thread of the
+deploy it undoes. While blue is alive: health-check it once, flip traffic in one call, keep the
+undone version in the other slot until `keep_blue` (so the rollback itself can be undone the same
+way). After blue was retired: the previous good version goes through the normal pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from commands.deploys import DeployError
+from platforms.base import PlatformError, other_slot
+from storage import audit
+from storage import deploys as rows
+
+if TYPE_CHECKING:
+    from commands.deploys import Deployer
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    live: dict[str, Any]
+    current: str
+    target: str
+    blue_alive: bool
+    blue_slot: str | None
+    retire_at: Any
+
+
+def plan(d: Deployer, service: str, env: str | None, actor: str) -> RollbackPlan:
+    if service not in d.cfg.services:
+        raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(d.cfg.services)) or 'none'})")
+    envs = d.cfg.service_environments(service)
+    env = env or (d.cfg.default_environment if d.cfg.default_environment in envs else envs[0])
+    if env not in envs:
+        raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
+    decision = d.policy.can_rollback(actor, env)
+    if not decision:
+        raise DeployError(decision.reason)
+    held = rows.holder(d.store, service, env)
+    if held:
+        extra = " Cancel it from its card first." if held["status"] in ("pending", "queued") else ""
+        raise DeployError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
+                          f"requested by <@{held['requester']}>.{extra}")
+    live = rows.live(d.store, service, env)
+    if live is None or not live["previous_version"]:
+        raise DeployError(f"{service} in {env} has no previous good version to roll back to")
+    blue_alive = False
+    slot = live["blue_slot"]
+    if slot and not live["blue_retired"]:
+        try:
+            state = d.platform_for(service, env).status().slot(slot)
+            blue_alive = state.running and state.version == live["previous_version"]
+        except PlatformError:
+            blue_alive = False
+    return RollbackPlan(live, live["version"], live["previous_version"], blue_alive, slot, live["blue_retire_at"])
+
+
+def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None, card_ts: str | None = None) -> dict[str, Any]:
+    """Acts on a "Roll back" click for the deploy `live_id`. Returns the rollback row."""
+    clicked_at = clicked_at or time.monotonic()
+    live = rows.get(d.store, live_id)
+    if live is None:
+        raise DeployError(f"deploy #{live_id} does not exist")
+    p = plan(d, live["service"], live["env"], actor)
+    if p.live["id"] != live_id:
+        raise DeployError(f"this card is stale: deploy #{p.live['id']} ({p.current}) is live now; use `/rollback {live['service']}`")
+    with d.store.transaction():
+        if rows.holder(d.store, live["service"], live["env"]):
+            raise DeployError("a rollback or deploy of this service already started")
+        rb_id = rows.insert(
+            d.store, kind="rollback", service=live["service"], env=live["env"], version=p.target,
+            previous_version=p.current, requester=actor, status="running", rollback_of=live_id,
+            channel=live["channel"], card_ts=live["card_ts"], started_at=d.clock(), approvals_needed=0,
+        )
+        audit.record(d.store, actor=actor, command="/rollback", action="rollback.start", target=f"deploy:{live_id}",
+                     before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive})
+    if p.blue_alive:
+        fast_flip(d, rb_id, live, p, clicked_at)
+    else:
+        d.notify.thread(live_id, f":leftwards_arrow_with_hook: <@{actor}> is rolling back to {p.target}; blue was retired, "
+                                 f"so {p.target} is redeployed through the pipeline.", broadcast=True)
+        d.run_async(lambda: d.run_pipeline(rb_id))
+    return rows.get(d.store, rb_id)
+
+
+def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, clicked_at: float) -> None:
+    platform = d.platform_for(live["service"], live["env"])
+    blue = p.blue_slot
+    green = other_slot(blue)
+    health = platform.health(blue)
+    if not health.ok:
+        d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
+                                    f"redeploying {p.target} through the pipeline instead.", broadcast=True)
+        d.run_async(lambda: d.run_pipeline(rb_id))
+        return
+    t = time.perf_counter()
+    try:
+        platform.shift({blue: 100, green: 0})
+    except PlatformError as exc:
+        rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}")
+        d.notify.thread(live["id"], f":red_circle: Rollback failed: the router refused the flip ({exc}). Traffic is unchanged.", broadcast=True)
+        return
+    flip = time.perf_counter() - t
+    since_click = time.monotonic() - clicked_at
+    now = d.clock()
+    env = d.cfg.environments[live["env"]]
+    outcome = f"traffic back on {p.target} in {flip * 1000:.0f} ms, {since_click:.1f} s after the click"
+    with d.store.transaction():
+        rows.transition(d.store, live["id"], "succeeded", "rolled_back", outcome=f"rolled back to {p.target}")
+        rows.transition(d.store, rb_id, "running", "succeeded", finished_at=now, traffic_at=now, outcome=outcome,
+                        blue_slot=green, green_slot=blue, blue_version=p.current, blue_retire_at=now + env.keep_blue)
+        d.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ?", (live["id"],))
+        audit.record(d.store, actor="recess", command="/rollback", action="rollback.done", target=f"deploy:{live['id']}",
+                     before={"version": p.current}, after={"version": p.target, "flip_ms": round(flip * 1000, 2),
+                                                           "click_to_traffic_s": round(since_click, 3)})
+    d.arm(f"retire-{rb_id}", now + env.keep_blue, d.retire_due)
+    d.notify.update_card(rb_id)
+    d.notify.thread(rb_id, f":leftwards_arrow_with_hook: Rolled back: {outcome}. {p.current} stays in slot {green} "
+                           f"until {now + env.keep_blue:%H:%M} UTC, so this can be undone the same way.", broadcast=True)
+
+
+def auto_rollback(d: Deployer, deploy_id: int, reason: str) -> None:
+    """Called by the bake watch: green failed after the switch; traffic goes back to blue at once."""
+    row = rows.get(d.store, deploy_id)
+    platform = d.platform_for(row["service"], row["env"])
+    blue, green = row["blue_slot"], row["green_slot"]
+    note = ""
+    t = time.perf_counter()
+    try:
+        if blue:
+            platform.shift({blue: 100, green: 0})
+            note = f"traffic back on {row['blue_version']} in {(time.perf_counter() - t) * 1000:.0f} ms"
+        else:
+            platform.shift({"blue": 0, "green": 0})
+            note = "nothing was serving before this deploy, so nothing serves now"
+        platform.stop(green)
+    except PlatformError as exc:
+        note = f"the router or platform refused: {exc}"
+    rows.transition(d.store, deploy_id, "running", "rolled_back", finished_at=d.clock(),
+                    outcome=f"automatically rolled back: {reason}"[:500])
+    audit.record(d.store, actor="recess", command="bake", action="rollback.auto", target=f"deploy:{deploy_id}",
+                 before={"version": row["version"]}, after={"version": row["blue_version"], "reason": reason})
+    d.notify.update_card(deploy_id)
+    d.notify.thread(deploy_id, f":rotating_light: <@{row['requester']}> *automatic rollback* of {row['service']} {row['version']}: "
+                               f"{reason}. {note.capitalize()}.", broadcast=True)

@@ -1,0 +1,150 @@
+"""Deploy queries: requests, approvals, steps, and the conditional updates that move a deploy.
+
+Every status change is `UPDATE ... WHERE id = ? AND status IN (...)`: a double click, a Slack
+retry or a second runner changes nothing the second time, and the caller learns it lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from storage.db import Store, iso, parse_iso, utcnow
+
+ACTIVE = ("pending", "approved", "queued", "running")
+_INSTANTS = ("created_at", "updated_at", "queued_until", "started_at", "finished_at", "blue_retire_at", "traffic_at")
+
+
+def _typed(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for k in _INSTANTS:
+        out[k] = parse_iso(out.get(k))
+    for k in ("canary", "lint"):
+        out[k] = json.loads(out[k]) if out.get(k) else None
+    return out
+
+
+def insert(store: Store, **values: Any) -> int:
+    now = iso(utcnow())
+    values = {"created_at": now, "updated_at": now, **values}
+    for k in ("canary", "lint"):
+        if k in values and values[k] is not None and not isinstance(values[k], str):
+            values[k] = json.dumps(values[k])
+    for k in _INSTANTS:
+        if isinstance(values.get(k), dt.datetime):
+            values[k] = iso(values[k])
+    cols = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    return store.execute(f"INSERT INTO deploys ({cols}) VALUES ({marks})", list(values.values())).lastrowid
+
+
+def get(store: Store, deploy_id: int) -> dict[str, Any] | None:
+    return _typed(store.row("SELECT * FROM deploys WHERE id = ?", (deploy_id,)))
+
+
+def holder(store: Store, service: str, env: str) -> dict[str, Any] | None:
+    """The deploy that holds the service in this environment (pending, queued or running)."""
+    marks = ", ".join("?" for _ in ACTIVE)
+    return _typed(store.row(
+        f"SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ({marks}) ORDER BY id LIMIT 1",
+        (service, env, *ACTIVE),
+    ))
+
+
+def live(store: Store, service: str, env: str) -> dict[str, Any] | None:
+    """The deploy whose version serves now: the last one that moved traffic and still stands."""
+    return _typed(store.row(
+        "SELECT * FROM deploys WHERE service = ? AND env = ? AND status = 'succeeded' AND traffic_at IS NOT NULL"
+        " ORDER BY traffic_at DESC, id DESC LIMIT 1",
+        (service, env),
+    ))
+
+
+def transition(store: Store, deploy_id: int, from_: tuple[str, ...] | str, to: str, **values: Any) -> bool:
+    """Moves the deploy to `to` only if it is in one of `from_`; True when this call did it."""
+    if isinstance(from_, str):
+        from_ = (from_,)
+    values = {**values, "status": to, "updated_at": utcnow()}
+    sets, params = [], []
+    for k, v in values.items():
+        sets.append(f"{k} = ?")
+        if isinstance(v, dt.datetime):
+            v = iso(v)
+        elif k in ("canary", "lint") and v is not None and not isinstance(v, str):
+            v = json.dumps(v)
+        params.append(v)
+    marks = ", ".join("?" for _ in from_)
+    cur = store.execute(
+        f"UPDATE deploys SET {', '.join(sets)} WHERE id = ? AND status IN ({marks})",
+        [*params, deploy_id, *from_],
+    )
+    return cur.rowcount == 1
+
+
+def update(store: Store, deploy_id: int, **values: Any) -> None:
+    sets, params = [], []
+    for k, v in {**values, "updated_at": utcnow()}.items():
+        sets.append(f"{k} = ?")
+        params.append(iso(v) if isinstance(v, dt.datetime) else v)
+    store.execute(f"UPDATE deploys SET {', '.join(sets)} WHERE id = ?", [*params, deploy_id])
+
+
+def with_status(store: Store, *statuses: str) -> list[dict[str, Any]]:
+    marks = ", ".join("?" for _ in statuses)
+    return [_typed(r) for r in store.rows(f"SELECT * FROM deploys WHERE status IN ({marks}) ORDER BY id", statuses)]
+
+
+def due_retirements(store: Store) -> list[dict[str, Any]]:
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE status = 'succeeded' AND blue_retired = 0 AND blue_retire_at IS NOT NULL ORDER BY id"
+    )]
+
+
+def history(store: Store, service: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    if service:
+        rows = store.rows("SELECT * FROM deploys WHERE service = ? ORDER BY id DESC LIMIT ?", (service, limit))
+    else:
+        rows = store.rows("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
+    return [_typed(r) for r in rows]
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+
+def add_approval(store: Store, deploy_id: int, user: str) -> bool:
+    cur = store.execute(
+        "INSERT OR IGNORE INTO approvals (deploy_id, user, at) VALUES (?, ?, ?)", (deploy_id, user, iso(utcnow()))
+    )
+    return cur.rowcount == 1
+
+
+def approvers(store: Store, deploy_id: int) -> list[str]:
+    return [r["user"] for r in store.rows("SELECT user FROM approvals WHERE deploy_id = ? ORDER BY at", (deploy_id,))]
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def start_step(store: Store, deploy_id: int, name: str, at: dt.datetime | None = None) -> int:
+    return store.execute(
+        "INSERT INTO steps (deploy_id, name, status, started_at) VALUES (?, ?, 'running', ?)",
+        (deploy_id, name, iso(at or utcnow())),
+    ).lastrowid
+
+
+def finish_step(store: Store, step_id: int, status: str, detail: str = "", at: dt.datetime | None = None) -> None:
+    store.execute(
+        "UPDATE steps SET status = ?, finished_at = ?, detail = ? WHERE id = ?",
+        (status, iso(at or utcnow()), detail, step_id),
+    )
+
+
+def steps(store: Store, deploy_id: int) -> list[dict[str, Any]]:
+    rows = store.rows("SELECT * FROM steps WHERE deploy_id = ? ORDER BY id", (deploy_id,))
+    for r in rows:
+        r["started_at"] = parse_iso(r["started_at"])
+        r["finished_at"] = parse_iso(r["finished_at"])
+    return rows

@@ -1,0 +1,356 @@
+"""The deploy state machine against a fake platform: every step, every failure, rollback, recovery."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from commands.config import load_config
+from commands.deploys import Deployer, DeployError
+from commands.policy import Policy
+from commands.recovery import recover_all
+from commands.rollback import plan, rollback
+from storage import deploys as rows
+from storage.db import Store
+from tests.fake_platform import FakePlatform
+from tests.harness import (
+    APPROVER_1,
+    APPROVER_2,
+    BASE_CONFIG,
+    ENGINEER,
+    FAKE_SERVICE,
+    FakeClock,
+    write_config,
+)
+
+AFTER_SCHOOL = dt.datetime(2027, 3, 17, 2, 0, tzinfo=dt.UTC)
+IN_SCHOOL = dt.datetime(2027, 3, 16, 13, 30, tzinfo=dt.UTC)
+
+
+class Notes:
+    def __init__(self) -> None:
+        self.cards: list[tuple[str, int]] = []
+        self.thread_lines: list[tuple[int, str, bool]] = []
+
+    def post_card(self, deploy_id: int) -> None:
+        self.cards.append(("post", deploy_id))
+
+    def update_card(self, deploy_id: int) -> None:
+        self.cards.append(("update", deploy_id))
+
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None:
+        self.thread_lines.append((deploy_id, text, broadcast))
+
+    def channel(self, text: str) -> None:
+        self.thread_lines.append((0, text, True))
+
+    def text(self) -> str:
+        return "\n".join(t for _, t, _ in self.thread_lines)
+
+
+@pytest.fixture
+def make(tmp_path):
+    def build(*, live: str | None = "v1", clock=None, extra: str = FAKE_SERVICE, base: str = BASE_CONFIG):  # noqa: ANN001
+        cfg = load_config(write_config(tmp_path, extra, base))
+        fake = FakePlatform(live=live)
+        armed: list = []
+        d = Deployer(
+            cfg=cfg, store=Store(cfg.database_path), policy=Policy(cfg), notify=Notes(),
+            platform_for=lambda s, e: fake, clock=clock or FakeClock(AFTER_SCHOOL),
+            run_async=lambda fn: fn(), arm=lambda job, at, fn: armed.append((job, at)), sleep=lambda s: None,
+        )
+        if live:  # a first successful deploy of `live`, as history
+            rows.insert(d.store, service="web", env="production", version=live, requester=ENGINEER, status="succeeded",
+                        traffic_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+            rows.insert(d.store, service="web", env="staging", version=live, requester=ENGINEER, status="succeeded",
+                        traffic_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+        return d, fake, armed
+
+    return build
+
+
+def deploy_and_approve(d: Deployer, version: str = "v2", **kw) -> dict:  # noqa: ANN003
+    req = d.request(actor=ENGINEER, service="web", version=version, **kw)
+    if req["status"] == "pending":
+        d.approve(req["id"], APPROVER_1)
+    return rows.get(d.store, req["id"])
+
+
+def test_approved_deploy_moves_all_traffic_to_green_and_keeps_blue(make):
+    d, fake, armed = make()
+    result = deploy_and_approve(d)
+    assert result["status"] == "succeeded"
+    assert fake.weights == {"blue": 0, "green": 100}
+    assert fake.versions == {"blue": "v1", "green": "v2"} and fake.running["blue"]
+    assert [s["name"] for s in rows.steps(d.store, result["id"])] == ["start_green", "migrate", "health", "smoke", "shift", "bake"]
+    assert result["blue_version"] == "v1" and result["blue_retire_at"] == AFTER_SCHOOL + dt.timedelta(minutes=30)
+    assert (f"retire-{result['id']}", result["blue_retire_at"]) in armed
+    assert "PGOPTIONS" in [c for c in fake.calls if c[0] == "migrate"][0][3]
+
+
+@pytest.mark.parametrize("step", ["start", "migrate", "health", "shift"])
+def test_a_failing_step_leaves_traffic_on_blue_and_green_stopped(make, step):
+    d, fake, _ = make()
+    fake.fail[step] = f"{step} exploded"
+    if step == "shift":
+        # The router refuses the switch to green, but accepts the way back.
+        original = fake.shift
+
+        def shift(weights):  # noqa: ANN001
+            if weights.get("green") == 100:
+                raise __import__("platforms.base").base.PlatformError("router refused")
+            fake.fail.pop("shift", None)
+            return original(weights)
+
+        fake.shift = shift
+    result = deploy_and_approve(d)
+    assert result["status"] == "failed"
+    assert fake.weights["blue"] == 100 and fake.weights["green"] == 0
+    assert fake.running["green"] is False
+    assert fake.running["blue"] and fake.versions["blue"] == "v1"
+    failed = [s for s in rows.steps(d.store, result["id"]) if s["status"] == "failed"]
+    assert len(failed) == 1
+    assert f"<@{ENGINEER}>" in d.notify.text()  # the requester is mentioned
+
+
+def test_a_failing_smoke_test_aborts_with_its_output(make):
+    d, fake, _ = make(extra=FAKE_SERVICE.replace('health_timeout = "1s"', 'health_timeout = "1s"\nsmoke = "echo grades page 500 >&2; exit 3"'))
+    result = deploy_and_approve(d)
+    assert result["status"] == "failed" and "smoke test exited 3" in result["outcome"]
+    assert "grades page 500" in d.notify.text()
+    assert fake.weights == {"blue": 100, "green": 0}
+
+
+def test_a_failed_first_deploy_leaves_nothing_serving(make):
+    d, fake, _ = make(live=None)
+    fake.fail["health"] = "down"
+    result = deploy_and_approve(d)
+    assert result["status"] == "failed"
+    assert fake.weights == {"blue": 0, "green": 0}
+    assert not any(fake.running.values())
+
+
+def test_canary_steps_shift_traffic_gradually_then_fully(make):
+    d, fake, _ = make()
+    deploy_and_approve(d, canary=[10, 50])
+    shifts = [c[1] for c in fake.calls if c[0] == "shift"]
+    assert shifts == [{"blue": 90, "green": 10}, {"blue": 50, "green": 50}, {"green": 100, "blue": 0}]
+
+
+def test_deploy_waits_for_last_school_to_end_its_day(make):
+    clock = FakeClock(IN_SCHOOL)
+    d, fake, armed = make(clock=clock)
+    result = deploy_and_approve(d)
+    assert result["status"] == "queued"
+    assert result["queued_until"] == dt.datetime(2027, 3, 16, 22, 0, tzinfo=dt.UTC)  # 15:00 in Los Angeles
+    assert armed[-1] == (f"deploy-{result['id']}", result["queued_until"])
+    d.run_due()
+    assert rows.get(d.store, result["id"])["status"] == "queued"  # not yet
+    clock.set(result["queued_until"])
+    d.run_due()
+    assert rows.get(d.store, result["id"])["status"] == "succeeded"
+
+
+def test_a_queued_deploy_requeues_when_a_freeze_closes_the_window(make):
+    from storage import freezes
+
+    clock = FakeClock(IN_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    result = deploy_and_approve(d)
+    freezes.add(d.store, start=result["queued_until"] - dt.timedelta(hours=1), end=result["queued_until"] + dt.timedelta(days=1),
+                reason="Report cards", created_by=APPROVER_1)
+    clock.set(result["queued_until"])
+    d.run_due()
+    again = rows.get(d.store, result["id"])
+    assert again["status"] == "queued" and again["queued_until"] > result["queued_until"]
+    assert "queued for the next safe window" in d.notify.text()
+
+
+def test_now_override_during_school_needs_one_more_approval_and_never_the_requester(make):
+    d, fake, _ = make(clock=FakeClock(IN_SCHOOL))
+    req = d.request(actor=ENGINEER, service="web", version="v2", now_reason="gradebook outage")
+    assert req["approvals_needed"] == 2
+    with pytest.raises(DeployError, match="another approver"):
+        d.approve(req["id"], ENGINEER)
+    assert d.approve(req["id"], APPROVER_1) == "approval 1 of 2 recorded"
+    with pytest.raises(DeployError, match="already approved"):
+        d.approve(req["id"], APPROVER_1)
+    assert d.approve(req["id"], APPROVER_2) == "approved"
+    assert rows.get(d.store, req["id"])["status"] == "succeeded"  # ran during school hours, by override
+
+
+def test_approver_cannot_approve_own_deploy(make):
+    d, _, _ = make()
+    req = d.request(actor=APPROVER_1, service="web", version="v2")
+    with pytest.raises(DeployError, match="another approver"):
+        d.approve(req["id"], APPROVER_1)
+    assert rows.get(d.store, req["id"])["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"service": "gradebook", "version": "v2"}, "unknown service"),
+        ({"service": "web", "version": "v2", "env": "qa"}, "unknown environment"),
+        ({"service": "web", "version": "v 2!"}, "is not a version"),
+        ({"service": "web", "version": "v1"}, "already live"),
+        ({"service": "web", "version": "v2", "canary": [50, 10]}, "rising percentages"),
+        ({"service": "web", "version": "v2", "canary": [100]}, "rising percentages"),
+    ],
+)
+def test_bad_deploy_requests_are_refused_and_store_nothing(make, kw, message):
+    d, _, _ = make()
+    before = d.store.execute("SELECT count(*) FROM deploys").fetchone()[0]
+    with pytest.raises(DeployError, match=message):
+        d.request(actor=ENGINEER, **kw)
+    assert d.store.execute("SELECT count(*) FROM deploys").fetchone()[0] == before
+
+
+def test_one_deploy_at_a_time_per_service_and_environment(make):
+    d, _, _ = make()
+    first = d.request(actor=ENGINEER, service="web", version="v2")
+    with pytest.raises(DeployError, match=f"held by deploy #{first['id']}"):
+        d.request(actor=APPROVER_2, service="web", version="v3")
+    # Another environment is another lock.
+    assert d.request(actor=ENGINEER, service="web", version="v3", env="staging")["status"] == "succeeded"
+
+
+def test_decided_and_cancelled_requests_refuse_clicks(make):
+    d, _, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    d.cancel(req["id"], ENGINEER)
+    with pytest.raises(DeployError, match="already cancelled"):
+        d.approve(req["id"], APPROVER_1)
+    with pytest.raises(DeployError, match="cancelled"):
+        d.cancel(req["id"], ENGINEER)
+
+
+def test_bake_watch_rolls_back_when_green_turns_unhealthy_after_the_switch(make):
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    d, fake, _ = make(base=base)
+    fake.health_after_shift_fails = True
+    result = deploy_and_approve(d)
+    assert result["status"] == "rolled_back"
+    assert "automatic" in result["outcome"]
+    assert fake.weights == {"blue": 100, "green": 0}
+    assert "*automatic rollback*" in d.notify.text()
+    assert rows.live(d.store, "web", "production")["version"] == "v1"
+
+
+def test_bake_watch_rolls_back_on_a_5xx_ratio_above_the_threshold(make):
+    from platforms.base import RouterStats
+
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    d, fake, _ = make(base=base)
+    original = fake.health
+
+    def health(slot):  # noqa: ANN001
+        if fake.weights.get(slot) == 100 and slot == "green":
+            fake.stats["green"] = RouterStats(requests=100, responses_5xx=30)
+        return original(slot)
+
+    fake.health = health
+    result = deploy_and_approve(d)
+    assert result["status"] == "rolled_back" and "30 of 100" in result["outcome"]
+
+
+def test_rollback_flips_back_to_blue_in_one_call_and_can_be_undone(make):
+    d, fake, _ = make()
+    deployed = deploy_and_approve(d)
+    p = plan(d, "web", None, ENGINEER)
+    assert (p.current, p.target, p.blue_alive) == ("v2", "v1", True)
+    calls_before = len([c for c in fake.calls if c[0] == "shift"])
+    rb = rollback(d, deployed["id"], ENGINEER)
+    assert rb["status"] == "succeeded" and rb["kind"] == "rollback"
+    assert [c for c in fake.calls if c[0] == "shift"][calls_before:] == [("shift", {"blue": 100, "green": 0})]
+    assert fake.running["green"]  # the undone version stays up until keep_blue
+    assert rows.get(d.store, deployed["id"])["status"] == "rolled_back"
+    assert "traffic back on v1 in" in rb["outcome"] and "after the click" in rb["outcome"]
+    # Undo: the rollback itself rolls back the same way.
+    undo = rollback(d, rb["id"], APPROVER_1)
+    assert undo["version"] == "v2" and fake.weights == {"blue": 0, "green": 100}
+
+
+def test_rollback_from_a_stale_card_is_refused(make):
+    d, fake, _ = make()
+    first = deploy_and_approve(d)
+    second = deploy_and_approve(d, "v3")
+    with pytest.raises(DeployError, match="stale"):
+        rollback(d, first["id"], ENGINEER)
+    assert rows.get(d.store, second["id"])["status"] == "succeeded"
+
+
+def test_rollback_without_a_previous_version_is_refused(make):
+    d, _, _ = make(live=None)
+    with pytest.raises(DeployError, match="no previous good version"):
+        plan(d, "web", None, ENGINEER)
+    deploy_and_approve(d, "v1")  # the first deploy: still nothing to return to
+    with pytest.raises(DeployError, match="no previous good version"):
+        plan(d, "web", None, ENGINEER)
+
+
+def test_after_blue_is_retired_rollback_redeploys_the_previous_version(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    deployed = deploy_and_approve(d)
+    clock.advance(minutes=31)
+    d.retire_due()
+    assert fake.running["blue"] is False
+    assert "retired" in d.notify.text()
+    p = plan(d, "web", None, ENGINEER)
+    assert p.blue_alive is False
+    rb = rollback(d, deployed["id"], ENGINEER)
+    assert rows.get(d.store, rb["id"])["status"] == "succeeded"
+    assert fake.weights == {"blue": 100, "green": 0} and fake.versions["blue"] == "v1"
+    assert rows.get(d.store, deployed["id"])["status"] == "rolled_back"
+
+
+@pytest.mark.parametrize("killed_in", ["start_green", "migrate", "health", "smoke"])
+def test_recovery_before_the_switch_returns_traffic_to_blue(make, killed_in):
+    d, fake, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, req["id"], "pending", "running", started_at=AFTER_SCHOOL)
+    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
+    fake.start("green", "v2")
+    rows.start_step(d.store, req["id"], killed_in)
+    done = recover_all(d)
+    assert done == [(req["id"], "rolled back to blue")]
+    assert fake.weights == {"blue": 100, "green": 0} and not fake.running["green"]
+    assert rows.get(d.store, req["id"])["status"] == "failed"
+    assert "Recovery" in d.notify.text()
+
+
+def test_recovery_half_routed_canary_ends_on_blue(make):
+    d, fake, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, req["id"], "pending", "running")
+    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
+    fake.start("green", "v2")
+    fake.shift({"blue": 50, "green": 50})
+    rows.start_step(d.store, req["id"], "shift")
+    recover_all(d)
+    assert fake.weights == {"blue": 100, "green": 0}
+
+
+def test_recovery_after_the_switch_lets_the_deploy_stand(make):
+    d, fake, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, req["id"], "pending", "running")
+    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
+    fake.start("green", "v2")
+    fake.shift({"blue": 0, "green": 100})
+    rows.start_step(d.store, req["id"], "bake")
+    recover_all(d)
+    assert rows.get(d.store, req["id"])["status"] == "succeeded"
+    assert fake.weights == {"blue": 0, "green": 100} and fake.running["blue"]
+    assert rows.live(d.store, "web", "production")["version"] == "v2"
+
+
+def test_recovery_never_runs_a_deploy_twice(make):
+    d, fake, _ = make()
+    deploy_and_approve(d)
+    starts = len([c for c in fake.calls if c[0] == "start"])
+    assert recover_all(d) == []
+    d.rearm()
+    assert len([c for c in fake.calls if c[0] == "start"]) == starts
