@@ -1,0 +1,1 @@
+CREATE INDEX attendance_student_day_idx ON attendance (student_id, day);

@@ -1,0 +1,1 @@
+ALTER TABLE grades ALTER COLUMN points TYPE numeric(5, 2);

@@ -1,0 +1,1 @@
+ALTER TABLE students ALTER COLUMN homeroom SET NOT NULL;

@@ -1,0 +1,1 @@
+ALTER TABLE students RENAME COLUMN given_name TO first_name;

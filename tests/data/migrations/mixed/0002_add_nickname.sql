@@ -1,0 +1,2 @@
+-- safe, but not idempotent: a warning only
+ALTER TABLE students ADD COLUMN nickname text;
