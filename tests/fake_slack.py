@@ -32,7 +32,7 @@ class FakeSlack:
         self.usergroup_error: str | None = None
         self._faults: dict[str, list[int]] = {}
         self._ts = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         fake = self
 

@@ -114,7 +114,7 @@ def write_config(folder: Path, extra: str = "", base: str = BASE_CONFIG) -> Path
 
 
 class RecessServer:
-    def __init__(self, cfg: Config, slack: FakeSlack, clock: FakeClock | None = None) -> None:
+    def __init__(self, cfg: Config, slack: FakeSlack, clock: FakeClock | None = None, *, platform_factory=None) -> None:  # noqa: ANN001
         self.cfg = cfg
         self.slack = slack
         self.clock = clock or FakeClock(dt.datetime.now(dt.UTC))
@@ -123,6 +123,8 @@ class RecessServer:
         self.rt: Runtime = build_runtime(
             cfg, client=make_client("xoxb-test", slack.api_url), clock=self.clock, signing_secret=SECRET
         )
+        if platform_factory is not None:
+            self.rt.extras["platform_factory"] = platform_factory
         self.rt.start()
         self.bolt = build_app(self.rt)
         http = build_http_app(self.rt, self.bolt)

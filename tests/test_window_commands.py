@@ -87,7 +87,7 @@ def test_freeze_round_trip_is_stored_audited_and_announced(server_factory, slack
     assert "lifted" in reply_text(srv.command("/window", "unfreeze 1", user=APPROVER_1))
     assert freeze_count(srv) == 0
     slack.wait_for(lambda s: any("lifted freeze #1" in t for t in s.texts()))
-    actions = [r["action"] for r in srv.rt.store.rows("SELECT action FROM audit ORDER BY id")]
+    actions = [r["action"] for r in srv.rt.store.rows("SELECT action FROM audit WHERE target LIKE 'freeze:%' ORDER BY id")]
     assert actions == ["freeze.add", "freeze.lift"]
 
 
