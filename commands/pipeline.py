@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,6 +38,14 @@ class StepFailed(Exception):
 
 class AutoRollback(Exception):
     """The bake watch saw green fail after traffic moved; traffic went back to blue."""
+
+
+def crash_point(step: str, when: str) -> None:
+    """Fault injection for the crash-recovery tests and benchmark: RECESS_CRASH_AT=shift:after
+    SIGKILLs this process right after the router flip. Never set in production."""
+    target = os.environ.get("RECESS_CRASH_AT")
+    if target and target in (f"{step}:{when}", step if when == "during" else None):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def tail(text: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -110,8 +119,10 @@ class Pipeline:
         started = time.monotonic()
         step_id = rows.start_step(self.store, self.id, name)
         self.d.notify.update_card(self.id)
+        crash_point(name, "during")
         try:
             detail = action() or ""
+            crash_point(name, "after")
         except StepFailed as exc:
             rows.finish_step(self.store, step_id, "failed", tail(f"{exc}\n{exc.output}"))
             self.say(f":x: *{name}* failed after {seconds(time.monotonic() - started)}: {exc}")

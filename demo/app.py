@@ -16,6 +16,9 @@ pipeline's failure paths can be shown and tested:
 - `DEMO_FAIL_AFTER_SECONDS=N`   after N seconds every request answers 500 (a release that goes
                                 bad after the flip: the bake time should roll it back)
 - `DEMO_ACCESS_LOG=1`           log every request to stderr (off by default: it is the slow part)
+
+The same misbehaviour can be asked for by the version's name, so one bot can deploy a good and a
+bad release side by side: `v3+unhealthy`, `v3+crash`, `v3+fails-after-5` (seconds).
 """
 
 from __future__ import annotations
@@ -168,13 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
 
-    if os.environ.get("DEMO_EXIT_AT_START") == "1":
+    marks = args.version.split("+")[1:]
+    if "crash" in marks or os.environ.get("DEMO_EXIT_AT_START") == "1":
         print(f"demo app {args.version}: DEMO_EXIT_AT_START=1, crashing on boot", file=sys.stderr, flush=True)
         return 3
     fail_after = os.environ.get("DEMO_FAIL_AFTER_SECONDS")
+    for mark in marks:
+        if mark.startswith("fails-after-"):
+            fail_after = mark.removeprefix("fails-after-")
     app = SchoolApp(
         args.version,
-        health_fail=os.environ.get("DEMO_HEALTH_FAIL") == "1",
+        health_fail="unhealthy" in marks or os.environ.get("DEMO_HEALTH_FAIL") == "1",
         fail_after=float(fail_after) if fail_after else None,
     )
     serve(args.host, args.port, app, access_log=os.environ.get("DEMO_ACCESS_LOG") == "1")
