@@ -1,0 +1,193 @@
+"""Fault injection: `recess serve` is SIGKILLed at each step of a real local deploy, then restarted.
+
+Whatever the step, traffic ends 100% on one healthy slot, the deploy's final state is recorded,
+the thread says what recovery did, and nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from storage import deploys as rows
+from storage.db import Store
+from tests.harness import SECRET, free_port, write_config
+from tests.slack_sender import SlackSender
+from tests.test_e2e_local import Load
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+[bot]
+database = "recess.db"
+channel = "C0DEPLOYS"
+
+[access]
+approvers = ["U0APPROVER1"]
+
+[[tenants]]
+id = "lincoln-high"
+timezone = "America/New_York"
+
+[environments.production]
+approvals = 0
+respect_windows = false
+keep_blue = "30m"
+bake_time = "1s"
+
+[services.web]
+platform = "local"
+health_path = "/api/v1/health"
+health_timeout = "15s"
+
+[services.web.local]
+listen = "127.0.0.1:{listen}"
+slots = {{ blue = "127.0.0.1:{blue}", green = "127.0.0.1:{green}" }}
+run = "{python} -m demo.app --port {{port}} --version {{version}}"
+"""
+
+
+class Bot:
+    """`recess serve` as a real process that can be killed like any other."""
+
+    def __init__(self, config: Path, slack_url: str, crash_at: str | None = None) -> None:
+        self.port = free_port()
+        env = {**os.environ, "RECESS_CONFIG": str(config), "SLACK_API_URL": slack_url, "SLACK_SIGNING_SECRET": SECRET,
+               "SLACK_BOT_TOKEN": "xoxb-test", "RECESS_LOG_LEVEL": "WARNING"}
+        env.pop("RECESS_CRASH_AT", None)
+        if crash_at:
+            env["RECESS_CRASH_AT"] = crash_at
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), "--host", "127.0.0.1"],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("recess serve did not start: " + (self.proc.stderr.read().decode() if self.proc.stderr else ""))
+            time.sleep(0.05)
+        self.sender = SlackSender(self.url, SECRET)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def setup(tmp_path, slack):
+    ports = [free_port() for _ in range(3)]
+    config = write_config(tmp_path, "", base=CONFIG.format(listen=ports[0], blue=ports[1], green=ports[2], python=sys.executable))
+    bots: list[Bot] = []
+    yield config, f"http://127.0.0.1:{ports[0]}", bots
+    for b in bots:
+        b.stop()
+    from commands.config import load_config
+    from platforms import make_platform
+
+    make_platform(load_config(config), "web", "production").shutdown()
+
+
+# (where the bot dies, the version serving after recovery, the deploy's recorded status)
+CASES = [
+    ("start_green", "v1", "failed"),
+    ("migrate", "v1", "failed"),
+    ("health", "v1", "failed"),
+    ("smoke", "v1", "failed"),
+    ("shift", "v1", "failed"),
+    ("shift:after", "v2", "succeeded"),
+    ("bake", "v2", "succeeded"),
+]
+
+
+@pytest.mark.parametrize(("crash_at", "serving", "status"), CASES)
+def test_bot_killed_during_a_deploy_recovers_to_one_healthy_slot(setup, slack, crash_at, serving, status):
+    config, public, bots = setup
+    store = Store(config.parent / "recess.db")
+    first = Bot(config, slack.api_url)
+    bots.append(first)
+    first.sender.command("/deploy", "web v1")
+    wait_for(lambda: (rows.get(store, 1) or {}).get("status") == "succeeded", what="v1 deployed")
+    first.stop()
+
+    load = Load(public, clients=4)
+    try:
+        doomed = Bot(config, slack.api_url, crash_at=crash_at)
+        bots.append(doomed)
+        doomed.sender.command("/deploy", "web v2")
+        wait_for(lambda: doomed.proc.poll() is not None, what="the bot to be killed")
+        assert doomed.proc.returncode == -signal.SIGKILL
+        assert rows.get(store, 2)["status"] == "running"
+
+        restarted = time.monotonic()
+        bots.append(Bot(config, slack.api_url))
+        final = wait_for(lambda: (rows.get(store, 2) or {}).get("status") in ("failed", "succeeded") and rows.get(store, 2),
+                         what="recovery to record the outcome")
+        recovered_in = time.monotonic() - restarted
+        time.sleep(0.3)
+    finally:
+        load.stop()
+    assert final["status"] == status
+    answers = {httpx.get(public + "/version").text.strip() for _ in range(20)}
+    assert answers == {serving}
+    from commands.config import load_config
+    from platforms import make_platform
+
+    traffic = make_platform(load_config(config), "web", "production").status()
+    assert sorted(traffic.weights.values()) == [0, 100]  # never half-routed
+    assert traffic.live_version == serving
+    if serving == "v1":
+        assert not traffic.slot(final["green_slot"]).running  # green stopped
+    assert [s["name"] for s in rows.steps(store, 2)].count("start_green") <= 1  # nothing ran twice
+    slack.wait_for(lambda s: any("Recovery:" in t for t in s.texts()))
+    assert load.failures == []
+    assert recovered_in < 20
+
+
+def test_a_version_that_fails_after_the_switch_is_rolled_back_automatically(setup, slack):
+    config, public, bots = setup
+    store = Store(config.parent / "recess.db")
+    bot = Bot(config, slack.api_url)
+    bots.append(bot)
+    bot.sender.command("/deploy", "web v1")
+    wait_for(lambda: (rows.get(store, 1) or {}).get("status") == "succeeded", what="v1 deployed")
+    config.write_text(config.read_text().replace('bake_time = "1s"', 'bake_time = "6s"'))
+    bot.stop()
+    bot = Bot(config, slack.api_url)
+    bots.append(bot)
+    load = Load(public, clients=4)
+    try:
+        bot.sender.command("/deploy", "web v2+fails-after-1")
+        final = wait_for(lambda: (rows.get(store, 2) or {}).get("status") in ("rolled_back", "succeeded", "failed") and rows.get(store, 2),
+                         timeout=40, what="the bake watch")
+        time.sleep(0.3)
+    finally:
+        load.stop()
+    assert final["status"] == "rolled_back" and "automatically rolled back" in final["outcome"]
+    assert {httpx.get(public + "/version").text.strip() for _ in range(10)} == {"v1"}
+    slack.wait_for(lambda s: any("automatic rollback" in t for t in s.texts()))
