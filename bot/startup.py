@@ -15,6 +15,9 @@ def preflight(cfg: Config) -> None:
         current_calendar(cfg, Store(cfg.database_path))
     except ValueError as exc:  # a holiday calendar that does not parse
         raise ConfigError(f"{cfg.source}: {exc}") from None
+    for name, svc in cfg.services.items():
+        if svc.migrations and not cfg.path(svc.migrations).is_dir():
+            raise ConfigError(f"{cfg.source}: services.{name}.migrations: no such folder {svc.migrations!r} (relative to the config's folder)")
     if any(s.migrations for s in cfg.services.values()):
         from commands.migrations import LintUsageError, check_linter
 

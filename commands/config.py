@@ -270,6 +270,13 @@ class MigrationRunner(Strict):
     retries: int = Field(default=3, ge=1, le=10)
     retry_backoff: Duration = dt.timedelta(seconds=2)
 
+    @field_validator("lock_timeout", "statement_timeout")
+    @classmethod
+    def _positive(cls, v: dt.timedelta) -> dt.timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("expected a duration above 0 (0 would mean: wait forever)")
+        return v
+
 
 class Service(Strict):
     platform: Literal["local", "command"]

@@ -33,17 +33,17 @@ def next_window_line(verdict: Verdict, user_tz: str, now: dt.datetime) -> str:
     nxt = verdict.next_safe_at
     if nxt is None:
         return "No safe window in the next 400 days: check the school hours and freezes in the config."
-    zones = [f"{format_local(nxt, user_tz)} your time"]
+    zones = [f"{format_local(nxt, user_tz, now)} your time"]
     seen = {user_tz}
     for b in verdict.blocked_by:
         if b.timezone and b.timezone not in seen:
             seen.add(b.timezone)
-            zones.append(f"{format_local(nxt, b.timezone)} {b.tenant}")
+            zones.append(f"{format_local(nxt, b.timezone, now)} {b.tenant}")
     return f"Next safe window: *{' / '.join(zones)}*, {until_phrase(now, nxt)}"
 
 
 def verdict_reply(verdict: Verdict, user_tz: str, now: dt.datetime, *, asked_at: str | None = None) -> dict:
-    when = f"at {format_local(verdict.at, user_tz)}" if asked_at else "now"
+    when = f"at {format_local(verdict.at, user_tz, now)}" if asked_at else "now"
     if verdict.safe:
         text = f":large_green_circle: Safe to deploy {when}: no school is in session and no freeze applies."
         return ephemeral(text)
@@ -51,9 +51,9 @@ def verdict_reply(verdict: Verdict, user_tz: str, now: dt.datetime, *, asked_at:
     for b in verdict.blocked_by[:20]:
         if b.kind == "freeze":
             ident = f"#{b.id}" if b.id is not None else "(config)"
-            lines.append(f"• freeze {ident}: {b.reason}, until {format_local(b.until, user_tz)}")
+            lines.append(f"• freeze {ident}: {b.reason}, until {format_local(b.until, user_tz, verdict.at)}")
         else:
-            lines.append(f"• school hours: *{b.tenant}* ({b.timezone}) until {format_local(b.until, b.timezone)}")
+            lines.append(f"• school hours: *{b.tenant}* ({b.timezone}) until {format_local(b.until, b.timezone, verdict.at)}")
     if len(verdict.blocked_by) > 20:
         lines.append(f"• … and {len(verdict.blocked_by) - 20} more")
     blocks = [section("\n".join(lines)), section(next_window_line(verdict, user_tz, now))]
@@ -63,7 +63,8 @@ def verdict_reply(verdict: Verdict, user_tz: str, now: dt.datetime, *, asked_at:
 def freeze_line(f: FreezeInfo, tz: str) -> str:
     ident = f"#{f.id}" if f.id is not None else "(config)"
     who = f" by <@{f.created_by}>" if f.created_by else ""
-    return f"{ident} {format_local(f.start, tz)} → {format_local(f.end, tz)}: {f.reason}{who}"
+    far = f.start - dt.timedelta(days=400)  # any other day: always print the dates
+    return f"{ident} {format_local(f.start, tz, far)} → {format_local(f.end, tz, far)}: {f.reason}{who}"
 
 
 def freezes_reply(freezes: list[FreezeInfo], tz: str) -> dict:
