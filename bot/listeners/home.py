@@ -6,8 +6,10 @@ from slack_bolt import App
 
 from bot.runtime import Runtime
 from bot.views.common import context, header, render, section
+from bot.views.deploy import STATUS_ICON
 from bot.views.window import freeze_line, next_window_line
 from commands import freezes
+from storage import deploys as deploy_rows
 
 
 def home_view(rt: Runtime, user: str, tz: str) -> dict:
@@ -22,6 +24,11 @@ def home_view(rt: Runtime, user: str, tz: str) -> dict:
     ahead = freezes.list_freezes(rt.cfg, rt.store, now)
     if ahead:
         blocks.append(section("*Freezes*\n" + "\n".join(freeze_line(f, tz) for f in ahead[:20])))
+    recent = deploy_rows.history(rt.store, None, 8)
+    if recent:
+        lines = [f"{STATUS_ICON.get(d['status'], '')} #{d['id']} {d['service']} *{d['version']}* ({d['env']}): "
+                 f"{d['status'].replace('_', ' ')}" for d in recent]
+        blocks.append(section("*Recent deploys*\n" + "\n".join(lines)))
     for extra in rt.extras.get("home_sections", []):
         blocks.extend(extra(rt, user, tz))
     blocks.append(context("`/deploy`, `/rollback`, `/window`, `/flag` — add `help` to any of them for usage."))
