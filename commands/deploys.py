@@ -43,6 +43,14 @@ class DeployError(ValueError):
     """A refused request or click; the message is shown to the user (ephemeral) and nothing changed."""
 
 
+class HeldError(DeployError):
+    """Another deploy holds the service; `holder` is its row (so a queued one can be cancelled)."""
+
+    def __init__(self, message: str, holder: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class Notifier(Protocol):
     """What the deploy domain says; the bot delivers it to Slack through its outbox."""
 
@@ -111,9 +119,10 @@ class Deployer:
         with self._lock, self.store.transaction():
             held = rows.holder(self.store, service, env)
             if held:
-                raise DeployError(
+                raise HeldError(
                     f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
-                    f"requested by <@{held['requester']}>; see its thread, or cancel it first"
+                    f"requested by <@{held['requester']}>; see its thread, or cancel it first",
+                    held,
                 )
             live = rows.live(self.store, service, env)
             current = live["version"] if live else None

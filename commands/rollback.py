@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from commands.deploys import DeployError
+from commands.deploys import DeployError, HeldError
 from platforms.base import PlatformError, other_slot
 from storage import audit
 from storage import deploys as rows
@@ -43,9 +43,9 @@ def plan(d: Deployer, service: str, env: str | None, actor: str) -> RollbackPlan
         raise DeployError(decision.reason)
     held = rows.holder(d.store, service, env)
     if held:
-        extra = " Cancel it from its card first." if held["status"] in ("pending", "queued") else ""
-        raise DeployError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
-                          f"requested by <@{held['requester']}>.{extra}")
+        extra = " Cancel it first (button below) to roll back." if held["status"] in ("pending", "approved", "queued") else ""
+        raise HeldError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
+                        f"requested by <@{held['requester']}>.{extra}", held)
     live = rows.live(d.store, service, env)
     if live is None or not live["previous_version"]:
         raise DeployError(f"{service} in {env} has no previous good version to roll back to")

@@ -42,16 +42,17 @@ class SlackSender:
         }
         return self.send(urllib.parse.urlencode(form), "application/x-www-form-urlencoded", **kw)
 
-    def action(self, action_id: str, value: str, *, user: str, message_ts: str | None = "1800000001.000100", channel: str = "C0DEPLOYS", block_id: str = "b", **kw: Any) -> httpx.Response:
+    def action(self, action_id: str, value: str, *, user: str, message_ts: str | None = "1800000001.000100", channel: str = "C0DEPLOYS", block_id: str = "b", ephemeral: bool = False, **kw: Any) -> httpx.Response:
+        """A button click; with `ephemeral`, on a message only the clicker saw (no `message`)."""
         payload = {
             "type": "block_actions",
             "team": {"id": "T1"},
             "user": {"id": user, "username": user.lower(), "team_id": "T1"},
             "api_app_id": "A1",
             "trigger_id": "1.2.3",
-            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": ephemeral},
             "channel": {"id": channel},
-            "message": {"ts": message_ts, "text": "card"} if message_ts else None,
+            "message": {"ts": message_ts, "text": "card"} if message_ts and not ephemeral else None,
             "response_url": self.response_url,
             "actions": [{"action_id": action_id, "block_id": block_id, "value": value, "type": "button", "action_ts": str(time.time())}],
         }

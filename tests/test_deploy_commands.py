@@ -28,8 +28,14 @@ def deploy_server(server_factory, slack):
     return make
 
 
-def card_post(slack, deploy_id: int):  # noqa: ANN001
-    return slack.wait_for(lambda s: [c for c in s.of("chat.postMessage") if f"#{deploy_id}:" in c.params.get("text", "") and "thread_ts" not in c.params])[0]
+def card_post(slack, deploy_id: int, store=None):  # noqa: ANN001
+    """The card's chat.postMessage call, once recess has stored the card's ts (the thread)."""
+    call = slack.wait_for(lambda s: [c for c in s.of("chat.postMessage") if f"#{deploy_id}:" in c.params.get("text", "") and "thread_ts" not in c.params])[0]
+    if store is not None:
+        deadline = time.monotonic() + 10
+        while not (rows.get(store, deploy_id) or {}).get("card_ts") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return call
 
 
 def responses(slack) -> str:  # noqa: ANN001
@@ -40,7 +46,7 @@ def test_deploy_posts_a_request_card_with_approve_and_reject(deploy_server, slac
     srv = deploy_server()
     resp = srv.command("/deploy", "web v2")
     assert resp.status_code == 200 and "Deploy #2" in reply_text(resp) and "<#C0DEPLOYS>" in reply_text(resp)
-    card = card_post(slack, 2)
+    card = card_post(slack, 2, srv.rt.store)
     assert card.params["channel"] == "C0DEPLOYS"
     blocks = json.dumps(card.params["blocks"])
     assert "v1 \\u2192 v2" in blocks or "v1 → v2" in blocks
@@ -52,7 +58,7 @@ def test_deploy_posts_a_request_card_with_approve_and_reject(deploy_server, slac
 def test_self_approval_is_refused_ephemerally_and_changes_nothing(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2", user=APPROVER_1)
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
     slack.wait_for(lambda s: "another approver" in responses(s))
@@ -63,7 +69,7 @@ def test_self_approval_is_refused_ephemerally_and_changes_nothing(deploy_server,
 def test_approval_by_another_user_runs_the_deploy_with_threaded_progress(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
@@ -84,7 +90,7 @@ def test_approval_by_another_user_runs_the_deploy_with_threaded_progress(deploy_
 def test_double_click_approval_acts_once(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
@@ -97,7 +103,7 @@ def test_double_click_approval_acts_once(deploy_server, slack):
 def test_click_on_a_card_of_another_deploy_is_refused(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts="1700000000.000001")
     slack.wait_for(lambda s: "not deploy #2's card" in responses(s))
     assert rows.get(srv.rt.store, 2)["status"] == "pending"
@@ -106,7 +112,7 @@ def test_click_on_a_card_of_another_deploy_is_refused(deploy_server, slack):
 def test_click_by_someone_not_allowed_is_refused(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     srv.sender.action("deploy_approve", "2", user="U0STRANGER", message_ts=ts)
     slack.wait_for(lambda s: "only approvers" in responses(s))
@@ -149,7 +155,7 @@ def test_queued_deploy_starts_when_the_window_opens(deploy_server, slack):
     srv = deploy_server(clock=clock)
     resp = srv.command("/deploy", "web v2")
     assert "Deploy #2" in reply_text(resp)
-    card = card_post(slack, 2)
+    card = card_post(slack, 2, srv.rt.store)
     assert "queued until" in json.dumps(card.params["blocks"])
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("Queued until" in t for t in s.texts()))
@@ -165,7 +171,7 @@ def test_restart_rearms_the_queue_and_starts_an_overdue_deploy(server_factory, d
     clock = FakeClock(IN_SCHOOL)
     srv = deploy_server(clock=clock)
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("Queued until" in t for t in s.texts()))
     srv.stop()
@@ -194,7 +200,7 @@ def test_deploy_history_lists_the_last_deploys(deploy_server, slack):
 def test_rollback_command_offers_a_confirmed_button_and_the_click_flips_traffic(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
     resp = srv.command("/rollback", "web")
@@ -224,7 +230,7 @@ def test_bad_rollback_input_gets_an_ephemeral_answer(deploy_server, text, expect
 def test_progress_catches_up_when_slack_answers_429_and_500(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
-    card_post(slack, 2)
+    card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     slack.fail_next("chat.postMessage", 500, count=4)
     slack.fail_next("chat.update", 429, count=2)
@@ -238,3 +244,20 @@ def test_progress_catches_up_when_slack_answers_429_and_500(deploy_server, slack
     assert srv.rt.outbox.flush(timeout=30)
     texts = [c.params["text"] for c in slack.of("chat.postMessage") if c.params.get("thread_ts") == ts]
     assert any("*shift*" in t for t in texts)
+
+
+def test_rollback_while_a_deploy_waits_names_the_holder_and_offers_to_cancel_it(deploy_server, slack):
+    srv = deploy_server()
+    srv.command("/deploy", "web v2")
+    card_post(slack, 2, srv.rt.store)
+    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
+    srv.command("/deploy", "web v3")
+    body = srv.command("/rollback", "web").json()
+    blocks = json.dumps(body["blocks"])
+    assert "held by deploy #3" in blocks and f"<@{ENGINEER}>" in blocks
+    assert "deploy_cancel" in blocks
+    srv.sender.action("deploy_cancel", "3", user=ENGINEER, message_ts="1.1", ephemeral=True)
+    slack.wait_for(lambda s: any("Cancelled by" in t for t in s.texts()))
+    assert rows.get(srv.rt.store, 3)["status"] == "cancelled"
+    assert "rollback_start" in json.dumps(srv.command("/rollback", "web").json()["blocks"])

@@ -15,12 +15,13 @@ from bot.views.common import ephemeral, usage_reply
 from bot.views.deploy import (
     DEPLOY_USAGE,
     ROLLBACK_USAGE,
+    held_reply,
     history_reply,
     rollback_preview,
     thread_link,
 )
 from commands import rollback as rollbacks
-from commands.deploys import DeployError
+from commands.deploys import DeployError, HeldError
 
 
 @dataclass
@@ -105,6 +106,8 @@ def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
         if len(args) > 2:
             raise ParseError("`/rollback` takes a SERVICE and an optional ENV")
         plan = rollbacks.plan(deployer, args[0], args[1] if len(args) == 2 else None, user)
+    except HeldError as exc:
+        return held_reply(str(exc), exc.holder)
     except (ParseError, DeployError) as exc:
         return usage_reply(str(exc), ROLLBACK_USAGE)
     return rollback_preview(plan)

@@ -193,3 +193,13 @@ def rollback_preview(plan: Any) -> dict[str, Any]:
         "Roll back", "rollback_start", str(live["id"]), style="danger",
         confirm=confirm("Roll back now?", f"{live['service']} returns to {plan.target}.", "Roll back", style="danger")))]
     return {"response_type": "ephemeral", "text": f"Roll back {live['service']} to {plan.target}?", "blocks": render(blocks)}
+
+
+def held_reply(message: str, holder: dict[str, Any]) -> dict[str, Any]:
+    """Another deploy holds the service: say who, link its thread, offer to cancel it if it waits."""
+    blocks: list[Any] = [section(f":warning: {message} <{thread_link(holder)}|Open its thread>.")]
+    if holder["status"] in ("pending", "approved", "queued"):
+        blocks.append(actions(f"held-{holder['id']}", button(
+            f"Cancel deploy #{holder['id']}", "deploy_cancel", str(holder["id"]), style="danger",
+            confirm=confirm("Cancel that deploy?", f"Deploy #{holder['id']} of {holder['version']} will not run.", "Cancel it", "Keep it"))))
+    return {"response_type": "ephemeral", "text": message, "blocks": render(blocks)}
