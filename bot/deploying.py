@@ -23,8 +23,13 @@ class OutboxNotifier:
     def update_card(self, deploy_id: int) -> None:
         self.rt.outbox.update_card(deploy_id)
 
-    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None:
-        self.rt.outbox.post(self.rt.cfg.bot.channel, text, deploy_id=deploy_id, thread=True, broadcast=broadcast)
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
+        blocks = None
+        if offer_rollback:
+            from bot.views.deploy import thread_rollback_blocks
+
+            blocks = thread_rollback_blocks(text, deploy_id)
+        self.rt.outbox.post(self.rt.cfg.bot.channel, text, blocks, deploy_id=deploy_id, thread=True, broadcast=broadcast)
 
     def channel(self, text: str) -> None:
         self.rt.outbox.post(self.rt.cfg.bot.channel, text)

@@ -56,7 +56,8 @@ class Notifier(Protocol):
 
     def post_card(self, deploy_id: int) -> None: ...
     def update_card(self, deploy_id: int) -> None: ...
-    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None: ...
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
+        """A reply in the deploy's thread; `offer_rollback` adds the Roll back button under it."""
     def channel(self, text: str) -> None: ...
 
 
@@ -159,7 +160,7 @@ class Deployer:
             )
         self.notify.post_card(deploy_id)
         if needed == 0 and not self.blocking_findings(deploy_id):
-            self._approved(deploy_id, actor)
+            self._approved(deploy_id, None)
         return rows.get(self.store, deploy_id)
 
     def migration_report(self, service: str, env: str) -> dict[str, Any] | None:
@@ -252,10 +253,12 @@ class Deployer:
 
     # -- the queue ----------------------------------------------------------------------------
 
-    def _approved(self, deploy_id: int, actor: str) -> None:
+    def _approved(self, deploy_id: int, actor: str | None) -> None:
         if not rows.transition(self.store, deploy_id, "pending", "approved"):
             return  # someone else's click got there first
-        self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor else ":white_check_mark: Approved.")
+        d = rows.get(self.store, deploy_id)
+        self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor
+                           else f":white_check_mark: No approval needed in {d['env']} (`approvals = 0`).")
         self.schedule(deploy_id)
 
     def schedule(self, deploy_id: int) -> None:

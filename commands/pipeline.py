@@ -285,7 +285,8 @@ class Pipeline:
         self.d.notify.update_card(self.id)
         blue_note = (f" Blue ({r['blue_version']}) is kept for rollback until {retire_at:%H:%M} UTC."
                      if r["blue_slot"] and r["blue_version"] else "")
-        self.say(f":tada: *{r['service']} {r['version']}* is live in {r['env']} after {seconds(took)}.{blue_note}", broadcast=True)
+        self.d.notify.thread(self.id, f":tada: *{r['service']} {r['version']}* is live in {r['env']} after {seconds(took)}.{blue_note}",
+                             broadcast=True, offer_rollback=bool(blue_note))
 
     def restore_blue(self, blue: str | None, green: str) -> str:
         """Traffic back to blue (or to nothing on a first deploy) and green stopped; says what it did."""

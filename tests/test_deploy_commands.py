@@ -85,6 +85,8 @@ def test_approval_by_another_user_runs_the_deploy_with_threaded_progress(deploy_
     updates = slack.of("chat.update")
     assert updates and all(u.params["ts"] == ts for u in updates)
     assert "Succeeded" in json.dumps(updates[-1].params["blocks"]) and "rollback_card" in json.dumps(updates[-1].params["blocks"])
+    live = [c for c in thread if "is live in production" in c.params["text"]][0]
+    assert "rollback_start" in json.dumps(live.params["blocks"])  # the thread carries the button too
 
 
 def test_double_click_approval_acts_once(deploy_server, slack):

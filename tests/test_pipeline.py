@@ -39,7 +39,7 @@ class Notes:
     def update_card(self, deploy_id: int) -> None:
         self.cards.append(("update", deploy_id))
 
-    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False) -> None:
+    def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
         self.thread_lines.append((deploy_id, text, broadcast))
 
     def channel(self, text: str) -> None:

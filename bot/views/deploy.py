@@ -203,3 +203,10 @@ def held_reply(message: str, holder: dict[str, Any]) -> dict[str, Any]:
             f"Cancel deploy #{holder['id']}", "deploy_cancel", str(holder["id"]), style="danger",
             confirm=confirm("Cancel that deploy?", f"Deploy #{holder['id']} of {holder['version']} will not run.", "Cancel it", "Keep it"))))
     return {"response_type": "ephemeral", "text": message, "blocks": render(blocks)}
+
+
+def thread_rollback_blocks(text: str, deploy_id: int) -> list[dict[str, Any]]:
+    """A thread line with the Roll back button under it (the click is checked against the store)."""
+    return render([section(text), actions(f"thread-rollback-{deploy_id}", button(
+        "Roll back", "rollback_start", str(deploy_id), style="danger",
+        confirm=confirm("Roll back?", "Traffic returns to the previous version in one router call.", "Roll back", style="danger")))])
