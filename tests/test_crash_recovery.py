@@ -139,7 +139,10 @@ def test_bot_killed_during_a_deploy_recovers_to_one_healthy_slot(setup, slack, c
     try:
         doomed = Bot(config, slack.api_url, crash_at=crash_at)
         bots.append(doomed)
-        doomed.sender.command("/deploy", "web v2")
+        try:
+            doomed.sender.command("/deploy", "web v2")
+        except httpx.HTTPError:
+            pass  # the bot may die before it answers: the request is stored before the pipeline starts
         wait_for(lambda: doomed.proc.poll() is not None, what="the bot to be killed")
         assert doomed.proc.returncode == -signal.SIGKILL
         assert rows.get(store, 2)["status"] == "running"

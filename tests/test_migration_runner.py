@@ -4,6 +4,7 @@ PostgreSQL server while "blue" keeps querying it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import threading
@@ -67,7 +68,9 @@ def test_configured_timeouts_become_milliseconds():
 
 
 def test_a_zero_timeout_never_turns_into_no_timeout():
-    runner = MigrationRunner(lock_timeout="0s")
+    with pytest.raises(ValueError, match="above 0"):
+        MigrationRunner(lock_timeout="0s")  # the config refuses it outright
+    runner = MigrationRunner.model_construct(lock_timeout=dt.timedelta(0), statement_timeout=dt.timedelta(minutes=15))
     assert "lock_timeout=1ms" in migration_env(runner)["PGOPTIONS"]  # 0 would mean "wait forever"
 
 
