@@ -120,8 +120,12 @@ def user_timezone(rt: Runtime, user: str) -> str:
     now = dt.datetime.now(dt.UTC)
     if hit and now - hit[0] < dt.timedelta(hours=1):
         return hit[1]
+    lookup = rt.extras.get("lookup_client")
+    if lookup is None:
+        # Asked before the listener acks: one try with a short timeout, never Slack's retries.
+        lookup = rt.extras["lookup_client"] = make_client(rt.client.token, rt.client.base_url, timeout=2, retries=False)
     try:
-        tz = rt.client.users_info(user=user).get("user", {}).get("tz") or "UTC"
+        tz = lookup.users_info(user=user).get("user", {}).get("tz") or "UTC"
     except (SlackApiError, Exception):
         return "UTC"
     cache[user] = (now, tz)

@@ -14,7 +14,8 @@ from slack_sdk.http_retry.builtin_handlers import (
 DEFAULT_API_URL = "https://slack.com/api/"
 
 
-def make_client(token: str | None = None, base_url: str | None = None, *, timeout: int = 10) -> WebClient:
+def make_client(token: str | None = None, base_url: str | None = None, *, timeout: int = 10, retries: bool = True) -> WebClient:
+    """With `retries=False`: one quick try, for look-ups made before a listener acks."""
     base = base_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
     if not base.endswith("/"):
         base += "/"
@@ -26,5 +27,5 @@ def make_client(token: str | None = None, base_url: str | None = None, *, timeou
             ConnectionErrorRetryHandler(max_retry_count=2),
             RateLimitErrorRetryHandler(max_retry_count=3),
             ServerErrorRetryHandler(max_retry_count=2),
-        ],
+        ] if retries else [],
     )

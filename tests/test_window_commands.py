@@ -215,3 +215,13 @@ def test_signing_matches_slacks_documented_example():
             "&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c")
     assert sign("8f742231b10e8888abcd99yyyzzz85a5", "1531420618", body) == (
         "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503")
+
+
+def test_window_answers_quickly_even_when_slack_rate_limits_the_timezone_lookup(server_factory, slack):
+    srv = server_factory(clock=FakeClock(IN_SCHOOL))
+    slack.fail_next("users.info", 429, count=5)
+    started = time.monotonic()
+    resp = srv.command("/window", user="U0NEWCOMER")
+    assert resp.status_code == 200 and "blocked" in reply_text(resp)
+    assert time.monotonic() - started < 2.5  # Slack gives up at 3 s
+    assert "UTC" in reply_text(resp)  # unknown timezone: times are shown in UTC
