@@ -78,7 +78,10 @@ def cmd_window_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from bot.startup import preflight
+
     cfg = _config(args)
+    preflight(cfg)  # the same checks `recess serve` makes before it touches Slack
     print(f"{cfg.source}: ok ({len(cfg.tenants)} tenants, {len(cfg.services)} services, environments: {', '.join(cfg.environments)})")
     return 0
 
