@@ -135,7 +135,7 @@ def test_bot_killed_during_a_deploy_recovers_to_one_healthy_slot(setup, slack, c
     wait_for(lambda: (rows.get(store, 1) or {}).get("status") == "succeeded", what="v1 deployed")
     first.stop()
 
-    load = Load(public, clients=4)
+    load = Load(public, clients=2, pause=0.005)
     try:
         doomed = Bot(config, slack.api_url, crash_at=crash_at)
         bots.append(doomed)
@@ -183,7 +183,7 @@ def test_a_version_that_fails_after_the_switch_is_rolled_back_automatically(setu
     bot.stop()
     bot = Bot(config, slack.api_url)
     bots.append(bot)
-    load = Load(public, clients=4)
+    load = Load(public, clients=2, pause=0.005)
     try:
         bot.sender.command("/deploy", "web v2+fails-after-1")
         final = wait_for(lambda: (rows.get(store, 2) or {}).get("status") in ("rolled_back", "succeeded", "failed") and rows.get(store, 2),

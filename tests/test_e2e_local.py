@@ -34,8 +34,9 @@ run = "{sys.executable} -m demo.app --port {{port}} --version {{version}}"
 class Load:
     """Keep-alive clients hammering the public address, counting answers per version and failures."""
 
-    def __init__(self, url: str, clients: int = 8) -> None:
+    def __init__(self, url: str, clients: int = 8, pause: float = 0.0) -> None:
         self.url = url
+        self.pause = pause
         self.by_version: dict[str, int] = {}
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -58,6 +59,8 @@ class Load:
                         self.by_version[key] = self.by_version.get(key, 0) + 1
                     else:
                         self.failures.append(key)
+                if self.pause:
+                    self._stop.wait(self.pause)
 
     def stop(self) -> None:
         self._stop.set()
