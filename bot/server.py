@@ -54,7 +54,7 @@ def _well_formed(body: bytes, content_type: str) -> bool:
 
 
 def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Starlette:
-    verifier = SignatureVerifier(rt.signing_secret) if verify else None
+    verifier = SignatureVerifier(rt.signing_secret) if verify and bolt is not None else None
 
     async def slack_events(request: Request) -> Response:
         if bolt is None:
