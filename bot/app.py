@@ -74,7 +74,7 @@ def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
         request_verification_enabled=not socket_mode,
         token_verification_enabled=False,
         ignoring_self_events_enabled=False,
-        listener_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="bolt-listener"),
+        listener_executor=ThreadPoolExecutor(max_workers=64, thread_name_prefix="bolt-listener"),
     )
 
     seen: collections.OrderedDict[str, None] = collections.OrderedDict()

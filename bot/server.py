@@ -7,12 +7,15 @@ gets 400.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import json
 import logging
 import urllib.parse
 
+import anyio
+import anyio.to_thread
 from slack_bolt import App, BoltRequest
 from slack_bolt.adapter.starlette.handler import to_starlette_response
 from slack_sdk.signature import SignatureVerifier
@@ -112,4 +115,12 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Sta
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         return error(500, "internal error; see the server log")
 
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed, 500: internal})
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):  # noqa: ANN202
+        # Slack requests wait in the thread pool while Bolt's listeners ack; 40 threads (anyio's
+        # default) would queue a burst of 50 commands behind one another.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 128
+        yield
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed, 500: internal},
+                     lifespan=lifespan)

@@ -48,6 +48,13 @@ def crash_point(step: str, when: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def router_time(platform: Platform, call_seconds: float) -> float:
+    """How long traffic took to move: the router's own exchange when the driver measures it
+    (HAProxy's runtime API), else the whole shift call."""
+    exchange = getattr(platform, "last_router_call_seconds", None)
+    return exchange if isinstance(exchange, float) and 0 < exchange <= call_seconds else call_seconds
+
+
 def tail(text: str, limit: int = OUTPUT_LIMIT) -> str:
     text = (text or "").strip()
     return text if len(text) <= limit else "…" + text[-limit:]
@@ -221,12 +228,13 @@ class Pipeline:
         weights = {green: 100, other_slot(green): 0}
         t = time.perf_counter()
         self.platform.shift(weights)
-        flip = time.perf_counter() - t
+        call = time.perf_counter() - t
+        flip = router_time(self.platform, call)
         rows.update(self.store, self.id, traffic_at=self.d.clock())
         audit.record(self.store, actor="recess", command="pipeline", action="traffic.shift", target=f"deploy:{self.id}",
                      before={"slot": blue}, after={"slot": green, "version": self.row["version"]})
         via = f" via {' → '.join(notes)}" if notes else ""
-        return f"100% of traffic on {self.row['version']}{via} (router flip {flip * 1000:.1f} ms)"
+        return f"100% of traffic on {self.row['version']}{via} (router flip {flip * 1000:.1f} ms, shift call {call * 1000:.1f} ms)"
 
     def bake(self, blue: str | None, green: str) -> str:
         """Watches green after the switch; a failing health check or too many 5xx roll back on their own."""

@@ -87,6 +87,17 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
                       f"so the deploy stands.")
         return "finished: traffic on green"
 
+    if row["kind"] == "rollback" and not on_green:
+        # Killed before the flip: nothing moved. Keep serving what serves; the kept version stays up.
+        serving = blue if blue and traffic.slot(blue).running else traffic.serving
+        if serving and traffic.split:
+            platform.shift({serving: 100, other_slot(serving): 0})
+        rows.transition(d.store, row["id"], "running", "failed", finished_at=now,
+                        outcome="the bot restarted before the rollback flipped traffic; nothing changed")
+        _tell(d, row, f"the bot restarted before the rollback to {row['version']} flipped traffic; nothing changed. "
+                      f"Click Roll back again if it is still needed.")
+        return "rollback not started"
+
     # Otherwise blue wins, if it can serve.
     blue_state = traffic.slot(blue) if blue else None
     blue_ok = bool(blue and blue_state and blue_state.running and platform.health(blue).ok)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from commands.deploys import DeployError, HeldError
+from commands.pipeline import crash_point, router_time
 from platforms.base import PlatformError, other_slot
 from storage import audit
 from storage import deploys as rows
@@ -72,10 +73,15 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     with d.store.transaction():
         if rows.holder(d.store, live["service"], live["env"]):
             raise DeployError("a rollback or deploy of this service already started")
+        # The slots are recorded before anything moves, so recovery after a crash in the middle of
+        # the flip knows which slot the rollback was sending traffic to.
+        serving = other_slot(p.blue_slot) if p.blue_slot else None
         rb_id = rows.insert(
             d.store, kind="rollback", service=live["service"], env=live["env"], version=p.target,
             previous_version=p.current, requester=actor, status="running", rollback_of=live_id,
             channel=live["channel"], card_ts=live["card_ts"], started_at=d.clock(), approvals_needed=0,
+            blue_slot=serving if p.blue_alive else None, green_slot=p.blue_slot if p.blue_alive else None,
+            blue_version=p.current if p.blue_alive else None,
         )
         audit.record(d.store, actor=actor, command="/rollback", action="rollback.start", target=f"deploy:{live_id}",
                      before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive})
@@ -101,11 +107,12 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     t = time.perf_counter()
     try:
         platform.shift({blue: 100, green: 0})
+        crash_point("rollback", "after")
     except PlatformError as exc:
         rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}")
         d.notify.thread(live["id"], f":red_circle: Rollback failed: the router refused the flip ({exc}). Traffic is unchanged.", broadcast=True)
         return
-    flip = time.perf_counter() - t
+    flip = router_time(platform, time.perf_counter() - t)
     since_click = time.monotonic() - clicked_at
     now = d.clock()
     env = d.cfg.environments[live["env"]]

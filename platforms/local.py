@@ -476,10 +476,11 @@ backend {self.backend}
 
     def _socket_path(self) -> Path:
         path = self.state_dir / "haproxy.sock"
-        if len(str(path)) < 100:
+        if len(str(path)) <= 90:
             return path
-        # A Unix socket path is limited to 108 bytes: deep state directories get a stable short
-        # name in the temp folder instead, derived from the state directory.
+        # HAProxy refuses a stats socket path over 97 bytes (the kernel's limit is 108): deep state
+        # directories get a stable short name in the temp folder instead, derived from the state
+        # directory.
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"recess-{digest}.sock"
 

@@ -194,3 +194,50 @@ def test_a_version_that_fails_after_the_switch_is_rolled_back_automatically(setu
     assert final["status"] == "rolled_back" and "automatically rolled back" in final["outcome"]
     assert {httpx.get(public + "/version").text.strip() for _ in range(10)} == {"v1"}
     slack.wait_for(lambda s: any("automatic rollback" in t for t in s.texts()))
+
+
+def test_bot_killed_right_after_the_rollback_flip_records_the_rollback(setup, slack):
+    config, public, bots = setup
+    store = Store(config.parent / "recess.db")
+    bot = Bot(config, slack.api_url)
+    bots.append(bot)
+    for n, version in ((1, "v1"), (2, "v2")):
+        bot.sender.command("/deploy", f"web {version}")
+        wait_for(lambda n=n: (rows.get(store, n) or {}).get("status") == "succeeded", what=f"{version} deployed")
+    bot.stop()
+    doomed = Bot(config, slack.api_url, crash_at="rollback:after")
+    bots.append(doomed)
+    doomed.sender.action("rollback_start", "2", user="U0APPROVER1", ephemeral=True)
+    wait_for(lambda: doomed.proc.poll() is not None, what="the bot to be killed")
+    assert rows.get(store, 3)["status"] == "running"
+    bots.append(Bot(config, slack.api_url))
+    final = wait_for(lambda: rows.get(store, 3)["status"] != "running" and rows.get(store, 3), what="recovery")
+    assert final["status"] == "succeeded"
+    assert rows.get(store, 2)["status"] == "rolled_back"
+    assert rows.live(store, "web", "production")["version"] == "v1"
+    assert {httpx.get(public + "/version").text.strip() for _ in range(10)} == {"v1"}
+
+
+def test_bot_killed_before_the_rollback_flip_changes_nothing(setup, slack):
+    config, public, bots = setup
+    store = Store(config.parent / "recess.db")
+    bot = Bot(config, slack.api_url)
+    bots.append(bot)
+    for n, version in ((1, "v1"), (2, "v2")):
+        bot.sender.command("/deploy", f"web {version}")
+        wait_for(lambda n=n: (rows.get(store, n) or {}).get("status") == "succeeded", what=f"{version} deployed")
+    # A rollback row left running from before the flip, as a crash would leave it.
+    live = rows.get(store, 2)
+    rows.insert(store, kind="rollback", service="web", env="production", version="v1", previous_version="v2",
+                requester="U0APPROVER1", status="running", rollback_of=2, blue_slot=live["green_slot"],
+                green_slot=live["blue_slot"], blue_version="v2")
+    bot.stop()
+    bots.append(Bot(config, slack.api_url))
+    final = wait_for(lambda: rows.get(store, 3)["status"] != "running" and rows.get(store, 3), what="recovery")
+    assert final["status"] == "failed" and "nothing changed" in final["outcome"]
+    assert {httpx.get(public + "/version").text.strip() for _ in range(10)} == {"v2"}
+    from commands.config import load_config
+    from platforms import make_platform
+
+    kept = make_platform(load_config(config), "web", "production").status().slot(live["blue_slot"])
+    assert kept.running and kept.version == "v1"  # the kept version is still there for a real rollback

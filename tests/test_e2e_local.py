@@ -75,7 +75,8 @@ def wait_status(srv, deploy_id: int, statuses: tuple[str, ...], timeout: float =
         if d and d["status"] in statuses:
             return d
         time.sleep(0.05)
-    raise AssertionError(f"deploy #{deploy_id} is {rows.get(srv.rt.store, deploy_id)['status']}, expected {statuses}")
+    d = rows.get(srv.rt.store, deploy_id)
+    raise AssertionError(f"deploy #{deploy_id} is {d['status']} ({d['outcome']}), expected {statuses}")
 
 
 @pytest.fixture

@@ -436,3 +436,11 @@ def _answers(address: str) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("depth", [40, 75, 85, 120])
+def test_the_admin_socket_path_always_fits_haproxys_limit(tmp_path, depth):
+    cfg = local_config(tmp_path)
+    deep = tmp_path / ("d" * max(1, depth - len(str(tmp_path))))
+    platform = LocalPlatform("web", "production", cfg.services["web"], deep)
+    assert len(str(platform._socket_path())) <= 97  # HAProxy refuses longer stats socket paths
