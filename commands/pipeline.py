@@ -271,6 +271,19 @@ class Pipeline:
         except PlatformError:
             return None
 
+    def resume_bake(self) -> None:
+        """After a restart during `bake`: watch green again for the whole bake time, then finish."""
+        r = self.row
+        try:
+            self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
+        except StepFailed as exc:
+            self.abort(r["blue_slot"], r["green_slot"], exc)
+            return
+        except AutoRollback:
+            return
+        started = r["started_at"] or self.d.clock()
+        self.finish((self.d.clock() - started).total_seconds())
+
     # -- endings ------------------------------------------------------------------------------
 
     def finish(self, took: float) -> None:
@@ -309,6 +322,7 @@ class Pipeline:
         except PlatformError as exc:
             notes.append(f"could not route traffic: {exc}")
         try:
+            self.platform.drain(green, timeout=5)  # requests already on green finish first
             self.platform.stop(green)
             notes.append("green stopped")
         except PlatformError as exc:

@@ -71,6 +71,17 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     green_healthy = green_state.running and platform.health(green).ok
     reached_switch = step in ("shift", "bake")
 
+    bake = d.cfg.environments[row["env"]].bake_time.total_seconds()
+    if on_green and green_healthy and step == "bake" and row["kind"] == "deploy" and bake > 0:
+        from commands.pipeline import Pipeline
+
+        audit.record(d.store, actor="recess", command="recovery", action="deploy.recovered", target=f"deploy:{row['id']}",
+                     after={"result": "bake resumed", "step": step})
+        _tell(d, row, f"the bot restarted during *bake*. Traffic is 100% on {row['version']} and green is healthy; "
+                      f"watching it again for the bake time before the deploy is called done.")
+        d.run_async(lambda: Pipeline(d, row["id"]).resume_bake())
+        return "bake resumed"
+
     if on_green and green_healthy and (reached_switch or row["kind"] == "rollback"):
         env = d.cfg.environments[row["env"]]
         retire_at = now + env.keep_blue

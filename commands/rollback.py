@@ -145,6 +145,7 @@ def auto_rollback(d: Deployer, deploy_id: int, reason: str) -> None:
         else:
             platform.shift({"blue": 0, "green": 0})
             note = "nothing was serving before this deploy, so nothing serves now"
+        platform.drain(green, timeout=5)
         platform.stop(green)
     except PlatformError as exc:
         note = f"the router or platform refused: {exc}"

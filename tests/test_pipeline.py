@@ -354,3 +354,39 @@ def test_recovery_never_runs_a_deploy_twice(make):
     assert recover_all(d) == []
     d.rearm()
     assert len([c for c in fake.calls if c[0] == "start"]) == starts
+
+
+def _killed_during_bake(make, **kw):  # noqa: ANN001, ANN003
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    d, fake, _ = make(base=base, **kw)
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, req["id"], "pending", "running", started_at=AFTER_SCHOOL)
+    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1", traffic_at=AFTER_SCHOOL)
+    fake.start("green", "v2")
+    fake.shift({"blue": 0, "green": 100})
+    rows.start_step(d.store, req["id"], "bake")
+    return d, fake, req["id"]
+
+
+def test_recovery_during_bake_watches_green_again_before_calling_it_done(make):
+    d, fake, deploy_id = _killed_during_bake(make)
+    assert recover_all(d) == [(deploy_id, "bake resumed")]
+    assert rows.get(d.store, deploy_id)["status"] == "succeeded"
+    assert [(s["name"], s["status"]) for s in rows.steps(d.store, deploy_id)] == [("bake", "failed"), ("bake", "succeeded")]
+
+
+def test_recovery_during_bake_still_rolls_back_a_version_that_turns_bad(make):
+    d, fake, deploy_id = _killed_during_bake(make)
+    original = fake.health
+    calls = []
+
+    def health(slot):  # noqa: ANN001
+        calls.append(slot)
+        if slot == "green" and len(calls) > 2:  # healthy when recovery looks, bad once the watch runs
+            return __import__("platforms.base").base.Health(False, 500, "errors")
+        return original(slot)
+
+    fake.health = health
+    recover_all(d)
+    assert rows.get(d.store, deploy_id)["status"] == "rolled_back"
+    assert fake.weights == {"blue": 100, "green": 0}
