@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bot.app import build_app
 from bot.runtime import build_runtime
 from bot.server import build_http_app
@@ -22,6 +24,7 @@ def test_serve_without_a_signing_secret_or_app_token_explains_what_is_missing(tm
     assert "SLACK_SIGNING_SECRET" in proc.stderr and "SLACK_APP_TOKEN" in proc.stderr
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_socket_mode_app_needs_no_signing_secret_and_http_keeps_the_other_routes(tmp_path, slack):
     from slack_bolt.adapter.socket_mode import SocketModeHandler
     from starlette.testclient import TestClient
