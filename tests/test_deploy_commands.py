@@ -158,7 +158,9 @@ def test_queued_deploy_starts_when_the_window_opens(deploy_server, slack):
     resp = srv.command("/deploy", "web v2")
     assert "Deploy #2" in reply_text(resp)
     card = card_post(slack, 2, srv.rt.store)
-    assert "queued until" in json.dumps(card.params["blocks"])
+    blocks = json.dumps(card.params["blocks"])
+    assert "queued until" in blocks
+    assert "18:00 EDT" in blocks and "<!date^1805234400^" in blocks  # each school's time, and the viewer's
     srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("Queued until" in t for t in s.texts()))
     d = rows.get(srv.rt.store, 2)

@@ -67,8 +67,14 @@ def window_line(rt: Runtime, d: dict[str, Any]) -> str:
     return f":school: Window: queued until {zones_line(rt, verdict.next_safe_at, verdict)}, {until_phrase(now, verdict.next_safe_at)}"
 
 
+def viewer_time(at: dt.datetime) -> str:
+    """Slack renders this token in each viewer's own timezone; the fallback is UTC."""
+    return f"<!date^{int(at.timestamp())}^{{date_short_pretty}} {{time}}|{at:%Y-%m-%d %H:%M} UTC>"
+
+
 def zones_line(rt: Runtime, at: dt.datetime, verdict: Any = None) -> str:
-    """An instant in each tenant timezone that matters, e.g. '15:00 EST / 12:00 PST'."""
+    """An instant in each tenant timezone that matters, e.g. '15:00 EST / 12:00 PST', then the
+    viewer's own time."""
     zones: list[str] = []
     blocks = verdict.blocked_by if verdict is not None else ()
     for b in blocks:
@@ -76,7 +82,7 @@ def zones_line(rt: Runtime, at: dt.datetime, verdict: Any = None) -> str:
             zones.append(b.timezone)
     if not zones:
         zones = list(dict.fromkeys(t.timezone for t in rt.cfg.tenants))[:3] or ["UTC"]
-    return " / ".join(format_local(at, tz) for tz in zones[:4])
+    return " / ".join(format_local(at, tz) for tz in zones[:4]) + f" ({viewer_time(at)} your time)"
 
 
 def migration_lines(d: dict[str, Any]) -> list[str]:
