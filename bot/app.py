@@ -36,7 +36,7 @@ def safe(listener: Callable[..., Any]) -> Callable[..., Any]:
             ack = kwargs.get("ack")
             if ack is not None:
                 try:
-                    ack(text=f":boom: recess hit an internal error (ref {ref}); nothing was changed. The operator can find it in the logs.", response_type="ephemeral")
+                    ack(text=f":boom: recess hit an internal error (ref {ref}). Check the deploy channel before trying again; the operator can find the details in the logs under that ref.", response_type="ephemeral")
                 except Exception:
                     pass
             return None

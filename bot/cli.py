@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_window_check(args: argparse.Namespace) -> int:
-    from commands.freezes import current_calendar
+    from commands.freezes import check_instant, current_calendar
     from storage.db import Store
 
     cfg = _config(args)
@@ -64,16 +64,22 @@ def cmd_window_check(args: argparse.Namespace) -> int:
         if at.tzinfo is None:
             print(f"recess window check: --at: expected an offset (like -04:00 or Z) in {args.at!r}", file=sys.stderr)
             return 2
+        try:
+            at = check_instant(at)
+        except (ValueError, OverflowError) as exc:
+            print(f"recess window check: --at: {exc}", file=sys.stderr)
+            return 2
     else:
         at = dt.datetime.now(dt.UTC)
     verdict = current_calendar(cfg, Store(cfg.database_path)).verdict(at.astimezone(dt.UTC))
     if args.format == "json":
         print(json.dumps(verdict.to_json()))
     elif verdict.safe:
-        print(f"safe at {verdict.at.isoformat()}")
+        print(f"safe at {verdict.at.isoformat(timespec='seconds')}")
     else:
-        print(f"blocked at {verdict.at.isoformat()}: {verdict.reason}")
-        print(f"next safe window: {verdict.next_safe_at.isoformat() if verdict.next_safe_at else 'none within 400 days'}")
+        print(f"blocked at {verdict.at.isoformat(timespec='seconds')}: {verdict.reason}")
+        nxt = verdict.next_safe_at.isoformat(timespec="seconds") if verdict.next_safe_at else "none within 400 days"
+        print(f"next safe window: {nxt}")
     return 0 if verdict.safe else 1
 
 

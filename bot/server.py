@@ -86,6 +86,10 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Sta
                 return error(400, f"at: expected an ISO 8601 instant with offset, got {at_text!r}")
             if at.tzinfo is None:
                 return error(400, f"at: expected an ISO 8601 instant with an offset (like -04:00 or Z), got {at_text!r}")
+            try:
+                at = freezes.check_instant(at)
+            except (ValueError, OverflowError) as exc:
+                return error(400, f"at: {exc}")
         verdict = freezes.current_calendar(rt.cfg, rt.store).verdict(at.astimezone(dt.UTC))
         return JSONResponse(verdict.to_json())
 

@@ -28,6 +28,23 @@ class FreezeInfo:
     created_by: str | None
 
 
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2500, 1, 1, tzinfo=dt.UTC)
+
+
+def check_instant(at: dt.datetime) -> dt.datetime:
+    """An aware instant recess can reason about (1970 to 2500), as a plain UTC datetime."""
+    if at.tzinfo is None:
+        raise ValueError("expected a time with an offset")
+    try:
+        inside = EARLIEST <= at <= LATEST
+    except OverflowError:
+        inside = False
+    if not inside:
+        raise ValueError(f"expected a time between 1970 and 2500, got {at.isoformat()}")
+    return dt.datetime.fromtimestamp(at.timestamp(), dt.UTC)
+
+
 def stored_freezes(store: Store, since: dt.datetime | None = None) -> list[FreezeWindow]:
     return [
         FreezeWindow(id=r["id"], start=r["start"], end=r["end"], reason=r["reason"])

@@ -246,6 +246,8 @@ class Pipeline:
         failures = 0
         while time.monotonic() < deadline:
             self.d.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+            if rows.get(self.store, self.id)["status"] != "running":
+                raise AutoRollback("rolled back by hand during the bake")
             health = self.platform.health(green)
             failures = 0 if health.ok else failures + 1
             reason = None

@@ -32,22 +32,31 @@ class RollbackPlan:
     retire_at: Any
 
 
+def baking(d: dict[str, Any]) -> bool:
+    """A deploy whose traffic already moved to green, while the bake watch still runs."""
+    return d["kind"] == "deploy" and d["status"] == "running" and d["traffic_at"] is not None and bool(d["blue_slot"])
+
+
 def plan(d: Deployer, service: str, env: str | None, actor: str) -> RollbackPlan:
     if service not in d.cfg.services:
         raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(d.cfg.services)) or 'none'})")
     envs = d.cfg.service_environments(service)
     env = env or (d.cfg.default_environment if d.cfg.default_environment in envs else envs[0])
     if env not in envs:
-        raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
+        raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)}; "
+                          f"environments: {', '.join(d.cfg.environments)})")
     decision = d.policy.can_rollback(actor, env)
     if not decision:
         raise DeployError(decision.reason)
     held = rows.holder(d.store, service, env)
-    if held:
+    if held and baking(held):
+        live = held  # traffic already moved and the bake watch runs: a person may undo it right now
+    elif held:
         extra = " Cancel it first (button below) to roll back." if held["status"] in ("pending", "approved", "queued") else ""
         raise HeldError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
                         f"requested by <@{held['requester']}>.{extra}", held)
-    live = rows.live(d.store, service, env)
+    else:
+        live = rows.live(d.store, service, env)
     if live is None or not live["previous_version"]:
         raise DeployError(f"{service} in {env} has no previous good version to roll back to")
     blue_alive = False
@@ -71,7 +80,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     if p.live["id"] != live_id:
         raise DeployError(f"this card is stale: deploy #{p.live['id']} ({p.current}) is live now; use `/rollback {live['service']}`")
     with d.store.transaction():
-        if rows.holder(d.store, live["service"], live["env"]):
+        if rows.others_active(d.store, live["service"], live["env"], live_id):
             raise DeployError("a rollback or deploy of this service already started")
         # The slots are recorded before anything moves, so recovery after a crash in the middle of
         # the flip knows which slot the rollback was sending traffic to.
@@ -118,7 +127,8 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     env = d.cfg.environments[live["env"]]
     outcome = f"traffic back on {p.target} in {flip * 1000:.0f} ms, {since_click:.1f} s after the click"
     with d.store.transaction():
-        rows.transition(d.store, live["id"], "succeeded", "rolled_back", outcome=f"rolled back to {p.target}")
+        rows.transition(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by <@{rows.get(d.store, rb_id)['requester']}>",
+                        finished_at=live["finished_at"] or now)
         rows.transition(d.store, rb_id, "running", "succeeded", finished_at=now, traffic_at=now, outcome=outcome,
                         blue_slot=green, green_slot=blue, blue_version=p.current, blue_retire_at=now + env.keep_blue)
         d.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ?", (live["id"],))

@@ -54,6 +54,15 @@ def holder(store: Store, service: str, env: str) -> dict[str, Any] | None:
     ))
 
 
+def others_active(store: Store, service: str, env: str, deploy_id: int) -> list[dict[str, Any]]:
+    """Active deploys of the service and environment other than `deploy_id`."""
+    marks = ", ".join("?" for _ in ACTIVE)
+    return [_typed(r) for r in store.rows(
+        f"SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ({marks}) AND id != ? ORDER BY id",
+        (service, env, *ACTIVE, deploy_id),
+    )]
+
+
 def live(store: Store, service: str, env: str) -> dict[str, Any] | None:
     """The deploy whose version serves now: the last one that moved traffic and still stands."""
     return _typed(store.row(

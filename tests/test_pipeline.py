@@ -390,3 +390,28 @@ def test_recovery_during_bake_still_rolls_back_a_version_that_turns_bad(make):
     recover_all(d)
     assert rows.get(d.store, deploy_id)["status"] == "rolled_back"
     assert fake.weights == {"blue": 100, "green": 0}
+
+
+def test_a_person_can_roll_back_during_the_bake_without_waiting_for_it(make):
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "2s"', 1)
+    d, fake, _ = make(base=base)
+    clicks = []
+
+    def sleep(seconds):  # noqa: ANN001
+        # The first pause of the bake watch: an engineer clicks Roll back (twice).
+        if not clicks:
+            row = rows.holder(d.store, "web", "production")
+            p = plan(d, "web", None, ENGINEER)
+            assert (p.current, p.target, p.blue_alive) == ("v2", "v1", True)
+            clicks.append(rollback(d, row["id"], ENGINEER))
+            with pytest.raises(DeployError):
+                rollback(d, row["id"], APPROVER_1)
+
+    d.sleep = sleep
+    result = deploy_and_approve(d)
+    assert clicks and clicks[0]["status"] == "succeeded"
+    assert result["status"] == "rolled_back" and "by <@" in result["outcome"]
+    assert fake.weights == {"blue": 100, "green": 0}
+    assert rows.live(d.store, "web", "production")["version"] == "v1"
+    bake = [s for s in rows.steps(d.store, result["id"]) if s["name"] == "bake"][0]
+    assert bake["status"] == "failed" and "by hand" in bake["detail"]

@@ -225,3 +225,25 @@ def test_window_answers_quickly_even_when_slack_rate_limits_the_timezone_lookup(
     assert resp.status_code == 200 and "blocked" in reply_text(resp)
     assert time.monotonic() - started < 2.5  # Slack gives up at 3 s
     assert "UTC" in reply_text(resp)  # unknown timezone: times are shown in UTC
+
+
+@pytest.mark.parametrize("far", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"])
+def test_instants_recess_cannot_reason_about_get_400_exit_2_and_usage(server_factory, tmp_path, far):
+    srv = server_factory(clock=FakeClock(IN_SCHOOL))
+    resp = srv.http.get("/api/v1/window", params={"at": far})
+    assert resp.status_code == 400 and "between 1970 and 2500" in resp.json()["error"]
+    answer = reply_text(srv.command("/window", f"at {far}"))
+    assert "between 1970 and 2500" in answer and "Usage" in answer
+    env = {**os.environ, "RECESS_CONFIG": str(srv.cfg.source)}
+    cli = subprocess.run([sys.executable, "-m", "bot.cli", "window", "check", "--at", far], env=env, capture_output=True, text=True)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+
+
+def test_freeze_in_the_callers_local_time_is_saved_once_and_answered(server_factory, slack):
+    srv = server_factory(clock=FakeClock(AFTER_SCHOOL))
+    slack.user_tz[APPROVER_1] = "America/Chicago"
+    answer = reply_text(srv.command("/window", "freeze 2027-04-01T00:00 2027-04-03T00:00 Exam week", user=APPROVER_1))
+    assert "Freeze #1 added" in answer and "CDT" in answer
+    row = srv.rt.store.row("SELECT start FROM freezes WHERE id = 1")
+    assert row["start"].startswith("2027-04-01T05:00:00")  # midnight in Chicago, stored in UTC
+    assert freeze_count(srv) == 1

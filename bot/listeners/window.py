@@ -21,17 +21,16 @@ from commands import freezes
 from commands.windows import parse_when
 
 
-def parse_instant(text: str, tz: str) -> dt.datetime:
-    """ISO 8601; without an offset it is local to `tz`."""
+def parse_instant(text: str, tz: str, now: dt.datetime) -> dt.datetime:
+    """ISO 8601; without an offset it is local to `tz` (the caller's timezone)."""
     try:
-        parsed = dt.datetime.fromisoformat(text)
+        dt.datetime.fromisoformat(text)
     except ValueError:
         raise ParseError(f"{text!r} is not an ISO 8601 time like 2027-04-12T00:00 or 2027-04-12T00:00-04:00") from None
-    if parsed.tzinfo is None:
-        import pendulum
-
-        parsed = pendulum.instance(parsed, tz=tz)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return freezes.check_instant(parse_when(text, now, tz))
+    except ValueError as exc:
+        raise ParseError(str(exc)) from None
 
 
 def handle_window(rt: Runtime, user: str, text: str) -> dict[str, Any]:
@@ -51,7 +50,7 @@ def handle_window(rt: Runtime, user: str, text: str) -> dict[str, Any]:
             return usage_reply("`/window at` needs a time, e.g. `/window at friday 16:00`", WINDOW_USAGE)
         tz = user_timezone(rt, user)
         try:
-            at = parse_when(" ".join(args[1:]), now, tz)
+            at = freezes.check_instant(parse_when(" ".join(args[1:]), now, tz))
         except ValueError as exc:
             return usage_reply(f"could not read the time: {exc}", WINDOW_USAGE)
         verdict = freezes.current_calendar(rt.cfg, rt.store).verdict(at)
@@ -65,7 +64,7 @@ def handle_window(rt: Runtime, user: str, text: str) -> dict[str, Any]:
             return usage_reply("`/window freeze` needs START, END and a REASON", WINDOW_USAGE)
         tz = user_timezone(rt, user)
         try:
-            start, end = parse_instant(args[1], tz), parse_instant(args[2], tz)
+            start, end = parse_instant(args[1], tz, now), parse_instant(args[2], tz, now)
             info = freezes.add_freeze(
                 rt.store, rt.policy, actor=user, start=start, end=end, reason=" ".join(args[3:]), now=now
             )

@@ -158,7 +158,8 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
         buttons += [button("Approve", "deploy_approve", value, style="primary"), button("Reject", "deploy_reject", value, style="danger")]
     if d["status"] in ("pending", "approved", "queued"):
         buttons.append(button("Cancel", "deploy_cancel", value))
-    if d["status"] == "succeeded" and not d["blue_retired"] and d["blue_version"]:
+    baking = d["status"] == "running" and d["kind"] == "deploy" and d["traffic_at"] is not None
+    if (d["status"] == "succeeded" or baking) and not d["blue_retired"] and d["blue_version"]:
         label = "Undo rollback" if d["kind"] == "rollback" else "Roll back"
         buttons.append(button(label, "rollback_card", value, style="danger", confirm=confirm(
             "Roll back?", f"Traffic returns to {d['blue_version']} in one router call.", "Roll back", style="danger")))
