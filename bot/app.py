@@ -17,6 +17,7 @@ from typing import Any
 
 from slack_bolt import App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
+from slack_sdk import WebClient
 
 from bot.runtime import Runtime
 
@@ -67,8 +68,10 @@ def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
         # One workspace, one bot token: no auth.test round trip on the request path.
         return AuthorizeResult(enterprise_id=None, team_id=None, bot_token=token, bot_user_id=None)
 
+    # Bolt gets a token-less twin of the runtime's client: the token comes from `authorize`.
+    bolt_client = WebClient(base_url=rt.client.base_url, timeout=rt.client.timeout, retry_handlers=rt.client.retry_handlers)
     app = _SafeApp(
-        client=rt.client,
+        client=bolt_client,
         signing_secret=rt.signing_secret or ("socket-mode" if socket_mode else None),
         authorize=authorize,
         request_verification_enabled=not socket_mode,

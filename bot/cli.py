@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     preflight(cfg)
     logging.basicConfig(level=os.environ.get("RECESS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
     app_token = os.environ.get("SLACK_APP_TOKEN")
     if not app_token and not os.environ.get("SLACK_SIGNING_SECRET"):
         print("recess: SLACK_SIGNING_SECRET is not set; it is needed to verify requests from Slack (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
