@@ -167,9 +167,9 @@ def change_announcement(applied: Applied) -> tuple[str, list[dict[str, Any]]]:
 
 def scheduled_reply(s: Scheduled, tz: str, now: dt.datetime) -> dict[str, Any]:
     if s.run_at <= now:
-        when = "the window is open now, so it applies right away"
-    else:
-        when = f"at the next safe window, {format_local(s.run_at, tz, reference=now)} your time ({_utc(s.run_at)})"
+        return ephemeral(f":alarm_clock: Change #{s.id}: {s.change.summary()}. The window is open now, so it applies "
+                         f"right away; the channel shows the result.")
+    when = f"at the next safe window, {format_local(s.run_at, tz, reference=now)} your time ({_utc(s.run_at)})"
     return ephemeral(f":alarm_clock: Scheduled change #{s.id}: {s.change.summary()}, {when}. `/flag cancel {s.id}` cancels it.")
 
 
