@@ -64,7 +64,7 @@ def render(blocks: list[Block]) -> list[dict[str, Any]]:
 
 def usage_reply(problem: str, usage: str) -> dict[str, Any]:
     """The ephemeral answer to bad input: what was wrong, then the usage."""
-    text = f":warning: {problem}"
+    text = trim(f":warning: {problem}", 2000)  # the problem may quote what the user typed
     return {
         "response_type": "ephemeral",
         "text": text,
