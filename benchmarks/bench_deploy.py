@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402
     spread,
     summary,
 )
+from tests.harness import BASE_CONFIG  # noqa: E402
 
 TARGET_ACK_P99 = 0.300
 TARGET_OVERHEAD = 1.0
@@ -66,37 +67,8 @@ migrate = "true"
 status = {json.dumps("echo '" + STATUS_JSON + "'")}
 """
 
-BASE = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[[tenants]]
-id = "la-elementary"
-timezone = "America/Los_Angeles"
-
-[environments.production]
-approvals = 1
-respect_windows = true
-keep_blue = "30m"
-bake_time = "0s"
-canary_pause = "0s"
-
-[environments.staging]
-approvals = 0
-respect_windows = false
-keep_blue = "30m"
-bake_time = "0s"
-canary_pause = "0s"
-"""
+# The scenario tests' configuration: two tenants, production (1 approval) and staging (none).
+BASE = BASE_CONFIG
 
 
 # -- (a) a burst of /deploy commands against `recess serve` -----------------------------------------
