@@ -216,6 +216,7 @@ class Environment(Strict):
     bake_time: Duration = dt.timedelta(minutes=2)
     max_5xx_ratio: float = Field(default=0.05, ge=0, le=1)
     canary_pause: Duration = dt.timedelta(seconds=30)
+    request_expiry: Duration = dt.timedelta(hours=24)
 
 
 class FlagsSection(Strict):

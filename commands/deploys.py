@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from commands.config import Config
+from commands.config import Config, format_duration
 from commands.freezes import current_calendar
 from commands.policy import Policy
 from platforms.base import Platform
@@ -119,6 +119,13 @@ class Deployer:
         blocked_now = env_cfg.respect_windows and not current_calendar(self.cfg, self.store).is_safe(now)
         with self._lock, self.store.transaction():
             held = rows.holder(self.store, service, env)
+            if held and held["status"] == "pending" and now - held["created_at"] > self.cfg.environments[env].request_expiry:
+                rows.transition(self.store, held["id"], "pending", "cancelled", finished_at=now,
+                                outcome="expired: not approved in time")
+                audit.record(self.store, actor="recess", command=command, action="deploy.expire",
+                             target=f"deploy:{held['id']}", before={"status": "pending"}, after={"status": "cancelled"})
+                self.notify.update_card(held["id"])
+                held = rows.holder(self.store, service, env)
             if held:
                 raise HeldError(
                     f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
@@ -151,6 +158,7 @@ class Deployer:
                 approvals_needed=needed,
                 lint=lint,
                 channel=self.cfg.bot.channel,
+                created_at=now,
             )
             audit.record(
                 self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
@@ -203,6 +211,15 @@ class Deployer:
         d = self._load_for_click(deploy_id, card_ts)
         if d["status"] != "pending":
             raise DeployError(f"deploy #{deploy_id} is already {d['status']}; nothing to approve")
+        expiry = self.cfg.environments[d["env"]].request_expiry
+        if self.clock() - d["created_at"] > expiry:
+            if rows.transition(self.store, deploy_id, "pending", "cancelled", finished_at=self.clock(),
+                               outcome=f"expired: not approved within {format_duration(expiry)}"):
+                audit.record(self.store, actor="recess", command="button:approve", action="deploy.expire",
+                             target=f"deploy:{deploy_id}", before={"status": "pending"}, after={"status": "cancelled"})
+                self.notify.update_card(deploy_id)
+            raise DeployError(f"deploy #{deploy_id} expired: it was not approved within {format_duration(expiry)}. "
+                              f"Request it again with `/deploy {d['service']} {d['version']} {d['env']}`")
         decision = self.policy.can_approve(actor, d["requester"])
         if not decision:
             raise DeployError(decision.reason)

@@ -415,3 +415,25 @@ def test_a_person_can_roll_back_during_the_bake_without_waiting_for_it(make):
     assert rows.live(d.store, "web", "production")["version"] == "v1"
     bake = [s for s in rows.steps(d.store, result["id"]) if s["name"] == "bake"][0]
     assert bake["status"] == "failed" and "by hand" in bake["detail"]
+
+
+def test_a_request_not_approved_in_time_expires_and_refuses_the_click(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    clock.advance(hours=25)
+    with pytest.raises(DeployError, match="expired"):
+        d.approve(req["id"], APPROVER_1)
+    assert rows.get(d.store, req["id"])["status"] == "cancelled"
+    assert not [c for c in fake.calls if c[0] == "start"]
+    assert d.request(actor=ENGINEER, service="web", version="v2")["status"] == "pending"  # the lock is free again
+
+
+def test_an_expired_request_does_not_hold_the_service(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, _, _ = make(clock=clock)
+    stale = d.request(actor=ENGINEER, service="web", version="v2")
+    clock.advance(hours=25)
+    fresh = d.request(actor=APPROVER_2, service="web", version="v3")
+    assert fresh["status"] == "pending"
+    assert rows.get(d.store, stale["id"])["status"] == "cancelled"
