@@ -265,3 +265,12 @@ def test_rollback_while_a_deploy_waits_names_the_holder_and_offers_to_cancel_it(
     slack.wait_for(lambda s: any("Cancelled by" in t for t in s.texts()))
     assert rows.get(srv.rt.store, 3)["status"] == "cancelled"
     assert "rollback_start" in json.dumps(srv.command("/rollback", "web").json()["blocks"])
+
+
+def test_the_requesters_reply_links_to_the_card_once_it_is_posted(deploy_server, slack):
+    srv = deploy_server()
+    srv.command("/deploy", "web v2")
+    card_post(slack, 2, srv.rt.store)
+    ts = rows.get(srv.rt.store, 2)["card_ts"]
+    link = f"https://slack.com/archives/C0DEPLOYS/p{ts.replace('.', '')}"
+    slack.wait_for(lambda s: link in responses(s))

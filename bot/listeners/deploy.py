@@ -93,8 +93,9 @@ def handle_deploy(rt: Runtime, user: str, text: str) -> dict[str, Any]:
                              now_reason=parsed.now_reason, canary=parsed.canary, contract=parsed.contract)
     except (ParseError, DeployError) as exc:
         return usage_reply(str(exc), DEPLOY_USAGE)
-    return ephemeral(f":memo: Deploy #{d['id']} of {d['service']} {d['version']} to {d['env']} requested: "
-                     f"its card is in <#{d['channel']}>, where approvers approve it and the thread follows every step.")
+    reply = ephemeral(f":memo: Deploy #{d['id']} of {d['service']} {d['version']} to {d['env']} requested: "
+                      f"its card is in <#{d['channel']}>, where approvers approve it and the thread follows every step.")
+    return {**reply, "deploy_id": d["id"]}
 
 
 def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
@@ -113,6 +114,18 @@ def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
     return rollback_preview(plan)
 
 
+def link_card(rt: Runtime, deploy_id: int, respond: Any, timeout: float = 30.0) -> None:
+    """Once Slack has the card (the outbox may be retrying), tell the requester where it is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        d = deployer_of(rt).get(deploy_id)
+        if d and d["card_ts"]:
+            respond(text=f":link: <{thread_link(d)}|Deploy #{deploy_id}'s card and thread>", response_type="ephemeral",
+                    replace_original=False)
+            return
+        time.sleep(0.1)
+
+
 def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None]:
     user = body["user"]["id"]
     action = body["actions"][0]
@@ -127,8 +140,12 @@ def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None]:
 
 def register(app: App, rt: Runtime) -> None:
     @app.command("/deploy")
-    def deploy_command(ack, command) -> None:  # noqa: ANN001
-        ack(**handle_deploy(rt, command["user_id"], command.get("text", "")))
+    def deploy_command(ack, command, respond) -> None:  # noqa: ANN001
+        reply = handle_deploy(rt, command["user_id"], command.get("text", ""))
+        deploy_id = reply.pop("deploy_id", None)
+        ack(**reply)
+        if deploy_id:
+            rt.submit(link_card, rt, deploy_id, respond)
 
     @app.command("/rollback")
     def rollback_command(ack, command) -> None:  # noqa: ANN001
