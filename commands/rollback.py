@@ -125,7 +125,7 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     since_click = time.monotonic() - clicked_at
     now = d.clock()
     env = d.cfg.environments[live["env"]]
-    outcome = f"traffic back on {p.target} in {flip * 1000:.0f} ms, {since_click:.1f} s after the click"
+    outcome = f"traffic back on {p.target} in {flip * 1000:.1f} ms, {since_click:.2f} s after the click"
     with d.store.transaction():
         rows.transition(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by <@{rows.get(d.store, rb_id)['requester']}>",
                         finished_at=live["finished_at"] or now)

@@ -165,7 +165,7 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
             "Roll back?", f"Traffic returns to {d['blue_version']} in one router call.", "Roll back", style="danger")))
         until = d["blue_retire_at"]
         if until:
-            blocks.append(context(f"{d['blue_version']} is kept for rollback until {format_local(until, 'UTC')} (`keep_blue`)."))
+            blocks.append(context(f"{d['blue_version']} is kept for rollback until {viewer_time(until)} (`keep_blue`)."))
     if buttons:
         blocks.append(actions(f"deploy-{d['id']}", *buttons))
     blocks.append(divider())
@@ -192,7 +192,7 @@ def rollback_preview(plan: Any) -> dict[str, Any]:
     live = plan.live
     if plan.blue_alive:
         how = (f"Blue ({plan.target}) is still running in slot {plan.blue_slot} until "
-               f"{format_local(plan.retire_at, 'UTC') if plan.retire_at else 'it is retired'}: traffic flips back in one router call.")
+               f"{viewer_time(plan.retire_at) if plan.retire_at else 'it is retired'}: traffic flips back in one router call.")
     else:
         how = f"Blue was retired, so {plan.target} is redeployed blue-green through the pipeline (a few seconds to minutes)."
     text = f"*Roll back {live['service']} in {live['env']}:* {plan.current} → *{plan.target}*\n{how}"
