@@ -29,6 +29,8 @@ PERMANENT = {
     "token_revoked", "missing_scope", "invalid_arguments", "too_many_attachments",
 }
 
+MAX_BROKEN_ATTEMPTS = 5
+
 CardRenderer = Callable[[int], tuple[str, list[dict[str, Any]]]]
 
 
@@ -95,30 +97,44 @@ class Outbox:
     def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            row = self.store.row("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1")
-            if row is None:
-                with self._idle:
-                    self._idle.notify_all()
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
             try:
-                result_ts = self._deliver(row)
-            except SlackApiError as exc:
-                error = exc.response.get("error") if exc.response is not None else str(exc)
-                if error in PERMANENT:
-                    log.error("outbox %s: Slack refused %s for good: %s", row["id"], row["method"], error)
-                    self._mark(row["id"], error=error)
-                    continue
-                self._retry_later(row, f"slack: {error}", backoff)
+                backoff = self._step(backoff)
+            except Exception:  # the store itself failed (locked, disk): never let the sender die
+                log.exception("outbox: store error; trying again in %.1f s", backoff)
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
-                continue
-            except Exception as exc:  # connection refused, timeouts: Slack is away, keep trying
-                self._retry_later(row, f"{type(exc).__name__}: {exc}", backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            backoff = 0.5
-            self._mark(row["id"], result_ts=result_ts)
+
+    def _step(self, backoff: float) -> float:
+        """Delivers the oldest queued message; returns the backoff to use next."""
+        row = self.store.row("SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1")
+        if row is None:
+            with self._idle:
+                self._idle.notify_all()
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            return backoff
+        try:
+            result_ts = self._deliver(row)
+        except SlackApiError as exc:
+            error = exc.response.get("error") if exc.response is not None else str(exc)
+            if error in PERMANENT:
+                log.error("outbox %s: Slack refused %s for good: %s", row["id"], row["method"], error)
+                self._mark(row["id"], error=error)
+                return backoff
+            self._retry_later(row, f"slack: {error}", backoff)
+            return min(backoff * 2, self.max_backoff)
+        except (OSError, TimeoutError) as exc:  # connection refused, timeouts: Slack is away, keep trying
+            self._retry_later(row, f"{type(exc).__name__}: {exc}", backoff)
+            return min(backoff * 2, self.max_backoff)
+        except Exception as exc:  # a message recess cannot build: a few tries, then drop it, loudly
+            if row["attempts"] >= MAX_BROKEN_ATTEMPTS:
+                log.exception("outbox %s: dropping %s after %d tries", row["id"], row["method"], row["attempts"] + 1)
+                self._mark(row["id"], error=f"{type(exc).__name__}: {exc}"[:500])
+                return backoff
+            self._retry_later(row, f"{type(exc).__name__}: {exc}", backoff)
+            return min(backoff * 2, self.max_backoff)
+        self._mark(row["id"], result_ts=result_ts)
+        return 0.5
 
     def _retry_later(self, row: dict[str, Any], error: str, backoff: float) -> None:
         self.store.execute("UPDATE outbox SET attempts = attempts + 1, error = ? WHERE id = ?", (error[:500], row["id"]))

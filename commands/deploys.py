@@ -231,6 +231,9 @@ class Deployer:
                 f"{f['file']}:{f['line']} {f['rule']}. {f.get('fix', '')}"
             )
         with self.store.transaction():
+            now_status = rows.get(self.store, deploy_id)["status"]
+            if now_status != "pending":
+                raise DeployError(f"deploy #{deploy_id} is already {now_status}; nothing to approve")
             if not rows.add_approval(self.store, deploy_id, actor):
                 raise DeployError("you already approved this deploy; another approver is needed")
             audit.record(self.store, actor=actor, command="button:approve", action="deploy.approve", target=f"deploy:{deploy_id}",
@@ -338,15 +341,24 @@ class Deployer:
 
     def retire_blue(self, d: dict[str, Any]) -> None:
         kept_slot = d["blue_slot"]
-        cur = self.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ? AND blue_retired = 0", (d["id"],))
-        if cur.rowcount != 1 or not kept_slot:
+        if not kept_slot:
+            rows.update(self.store, d["id"], blue_retired=1)
             return
+        if rows.others_active(self.store, d["service"], d["env"], d["id"]):
+            return  # a deploy or rollback is using the slots now: the 30 s sweep tries again later
         platform = self.platform_for(d["service"], d["env"])
         try:
-            traffic = platform.status()
-            if traffic.slot(kept_slot).weight > 0:
-                self.notify.thread(d["id"], f":warning: Slot {kept_slot} still takes traffic, so it was not retired.")
-                return
+            state = platform.status().slot(kept_slot)
+        except Exception as exc:
+            log.warning("deploy %s: cannot read the platform to retire blue: %s", d["id"], exc)
+            return  # the sweep tries again
+        if state.weight > 0:
+            return  # it serves (a rollback moved traffic back): never stop a serving slot
+        gone = not state.running or state.version != d["blue_version"]
+        cur = self.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ? AND blue_retired = 0", (d["id"],))
+        if cur.rowcount != 1 or gone:
+            return  # someone else retired it, or the slot now holds something else: leave it alone
+        try:
             platform.drain(kept_slot, timeout=30)
             platform.stop(kept_slot)
         except Exception as exc:  # the platform is away: say so, the next deploy replaces the slot anyway

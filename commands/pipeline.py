@@ -122,7 +122,8 @@ class Pipeline:
 
     def step(self, name: str, action: Callable[[], str | None]) -> None:
         if rows.get(self.store, self.id)["status"] != "running":
-            raise StepFailed("the deploy is no longer running")
+            # Ended elsewhere (a rollback by hand, recovery): leave the slots as that left them.
+            raise AutoRollback(f"the deploy was ended before {name}")
         started = time.monotonic()
         step_id = rows.start_step(self.store, self.id, name)
         self.d.notify.update_card(self.id)

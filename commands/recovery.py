@@ -33,9 +33,11 @@ def recover_all(d: Deployer) -> list[tuple[int, str]]:
         t = time.monotonic()
         try:
             what = recover(d, row)
-        except Exception as exc:  # never stop start-up: say it loudly instead
+        except Exception as exc:  # never stop start-up: say it loudly, and free the service
             log.exception("recovery of deploy %s failed", row["id"])
             what = f"recovery failed: {exc}; check the service by hand"
+            rows.transition(d.store, row["id"], "running", "failed", finished_at=d.clock(), outcome=what[:500])
+            d.notify.update_card(row["id"])
             d.notify.thread(row["id"], f":rotating_light: {what}", broadcast=True)
         log.info("recovered deploy %s in %.3f s: %s", row["id"], time.monotonic() - t, what)
         done.append((row["id"], what))
@@ -98,7 +100,7 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
                       f"so the deploy stands.")
         return "finished: traffic on green"
 
-    if row["kind"] == "rollback" and not on_green:
+    if row["kind"] == "rollback" and not on_green and not rows.steps(d.store, row["id"]):
         # Killed before the flip: nothing moved. Keep serving what serves; the kept version stays up.
         serving = blue if blue and traffic.slot(blue).running else traffic.serving
         if serving and traffic.split:
@@ -114,6 +116,7 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     blue_ok = bool(blue and blue_state and blue_state.running and platform.health(blue).ok)
     if blue_ok:
         platform.shift({blue: 100, green: 0})
+        platform.drain(green, timeout=5)
         platform.stop(green)
         outcome = f"bot restarted during {step}; rolled back to {row['blue_version']}"
         rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome=outcome)
@@ -130,6 +133,7 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
         _tell(d, row, f"the bot restarted during *{step}*. Blue was not healthy, green ({row['version']}) is: traffic is 100% on green.")
         return "finished: only green healthy"
     platform.shift({"blue": 0, "green": 0})
+    platform.drain(green, timeout=5)
     platform.stop(green)
     rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome=f"bot restarted during {step}; no healthy slot")
     _tell(d, row, f"the bot restarted during *{step}* and no slot is healthy: nothing serves. This needs a person now.")

@@ -79,9 +79,16 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     p = plan(d, live["service"], live["env"], actor)
     if p.live["id"] != live_id:
         raise DeployError(f"this card is stale: deploy #{p.live['id']} ({p.current}) is live now; use `/rollback {live['service']}`")
+    if baking(p.live) and not p.blue_alive:
+        raise DeployError(f"{p.target} is no longer running next to {p.current}, so it cannot be flipped back during the bake; "
+                          f"the bake watch still rolls back on its own if {p.current} fails")
     with d.store.transaction():
         if rows.others_active(d.store, live["service"], live["env"], live_id):
             raise DeployError("a rollback or deploy of this service already started")
+        again = rows.get(d.store, live_id)
+        still_live = again["status"] == "running" if baking(live) else (rows.live(d.store, live["service"], live["env"]) or {}).get("id") == live_id
+        if not still_live:
+            raise DeployError(f"deploy #{live_id} was already rolled back or replaced; nothing was changed")
         # The slots are recorded before anything moves, so recovery after a crash in the middle of
         # the flip knows which slot the rollback was sending traffic to.
         serving = other_slot(p.blue_slot) if p.blue_slot else None
@@ -95,7 +102,12 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
         audit.record(d.store, actor=actor, command="/rollback", action="rollback.start", target=f"deploy:{live_id}",
                      before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive})
     if p.blue_alive:
-        fast_flip(d, rb_id, live, p, clicked_at)
+        try:
+            fast_flip(d, rb_id, live, p, clicked_at)
+        except Exception as exc:  # the platform failed us: free the service and say so
+            rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"platform: {exc}"[:500])
+            d.notify.thread(live_id, f":red_circle: Rollback failed: {exc}. Check the traffic by hand.", broadcast=True)
+            raise DeployError(f"the rollback failed: {exc}") from exc
     else:
         d.notify.thread(live_id, f":leftwards_arrow_with_hook: <@{actor}> is rolling back to {p.target}; blue was retired, "
                                  f"so {p.target} is redeployed through the pipeline.", broadcast=True)
@@ -108,6 +120,11 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     blue = p.blue_slot
     green = other_slot(blue)
     health = platform.health(blue)
+    if not health.ok and baking(live):
+        rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
+        d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
+                                    f"traffic stays on {p.current} while the bake watch runs.", broadcast=True)
+        return
     if not health.ok:
         d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
                                     f"redeploying {p.target} through the pipeline instead.", broadcast=True)

@@ -437,3 +437,84 @@ def test_an_expired_request_does_not_hold_the_service(make):
     fresh = d.request(actor=APPROVER_2, service="web", version="v3")
     assert fresh["status"] == "pending"
     assert rows.get(d.store, stale["id"])["status"] == "cancelled"
+
+
+def test_retiring_an_old_kept_version_never_touches_a_newer_deploys_green(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    first = deploy_and_approve(d)  # v2 live in green, v1 kept in blue
+    clock.advance(minutes=31)
+    original_start = fake.start
+
+    def start(slot, version):  # noqa: ANN001
+        original_start(slot, version)
+        d.retire_due()  # the retire sweep fires while the next deploy is in its early steps
+
+    fake.start = start
+    second = deploy_and_approve(d, "v3")
+    assert second["status"] == "succeeded"
+    assert fake.running["blue"] and fake.versions["blue"] == "v3" and fake.weights["blue"] == 100
+    assert rows.get(d.store, first["id"])["blue_retired"] == 1
+
+
+def test_a_slot_that_serves_again_is_never_retired(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    deployed = deploy_and_approve(d)
+    fake.shift({"blue": 100, "green": 0})  # someone moved traffic back by hand
+    clock.advance(minutes=31)
+    d.retire_due()
+    assert fake.running["blue"]
+    assert rows.get(d.store, deployed["id"])["blue_retired"] == 0  # tried again by the next sweep
+
+
+def test_a_failing_recovery_frees_the_service(make):
+    d, fake, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, req["id"], "pending", "running")
+    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
+    fake.start("green", "v2")
+    fake.fail["shift"] = "router refused"
+    recover_all(d)
+    assert rows.get(d.store, req["id"])["status"] == "failed"
+    assert "check the service by hand" in d.notify.text()
+    fake.fail.clear()
+    assert d.request(actor=ENGINEER, service="web", version="v3")["status"] == "pending"
+
+
+def test_a_platform_error_during_a_rollback_frees_the_service_and_says_so(make):
+    d, fake, _ = make()
+    deployed = deploy_and_approve(d)
+    fake.fail["shift"] = "router away"
+    rollback(d, deployed["id"], ENGINEER)
+    assert d.store.execute("SELECT status FROM deploys WHERE kind = 'rollback'").fetchone()[0] == "failed"
+    assert "Rollback failed" in d.notify.text()
+    fake.fail.clear()
+    assert rollback(d, deployed["id"], ENGINEER)["status"] == "succeeded"
+
+
+def test_a_second_rollback_click_after_the_first_finished_is_refused(make):
+    d, fake, _ = make()
+    deployed = deploy_and_approve(d)
+    rollback(d, deployed["id"], ENGINEER)
+    with pytest.raises(DeployError):
+        rollback(d, deployed["id"], APPROVER_1)
+    assert d.store.execute("SELECT count(*) FROM deploys WHERE kind = 'rollback'").fetchone()[0] == 1
+
+
+def test_a_rollback_between_the_switch_and_the_bake_keeps_the_undone_version_up(make):
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "2s"', 1)
+    d, fake, _ = make(base=base)
+    original_thread = d.notify.thread
+
+    def thread(deploy_id, text, **kw):  # noqa: ANN001, ANN003
+        original_thread(deploy_id, text, **kw)
+        if "*shift*" in text:  # the switch is recorded; the bake step has not started yet
+            rollback(d, deploy_id, ENGINEER)
+
+    d.notify.thread = thread
+    result = deploy_and_approve(d)
+    assert result["status"] == "rolled_back"
+    assert fake.weights == {"blue": 100, "green": 0}
+    assert fake.running["green"] and fake.versions["green"] == "v2"  # kept, as the rollback promised
+    assert ":red_circle:" not in d.notify.text()
