@@ -39,6 +39,15 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, **values: Any) -> bool:
+    """Applies one transition of TRANSITIONS as a conditional update; True when this call made it."""
+    froms = (from_,) if isinstance(from_, str) else tuple(from_)
+    for f in froms:
+        if to not in TRANSITIONS.get(f, ()):
+            raise ValueError(f"the deploy state machine has no transition {f} -> {to}")
+    return rows.transition(store, deploy_id, froms, to, **values)
+
+
 class DeployError(ValueError):
     """A refused request or click; the message is shown to the user (ephemeral) and nothing changed."""
 
@@ -120,7 +129,7 @@ class Deployer:
         with self._lock, self.store.transaction():
             held = rows.holder(self.store, service, env)
             if held and held["status"] == "pending" and now - held["created_at"] > self.cfg.environments[env].request_expiry:
-                rows.transition(self.store, held["id"], "pending", "cancelled", finished_at=now,
+                move(self.store, held["id"], "pending", "cancelled", finished_at=now,
                                 outcome="expired: not approved in time")
                 audit.record(self.store, actor="recess", command=command, action="deploy.expire",
                              target=f"deploy:{held['id']}", before={"status": "pending"}, after={"status": "cancelled"})
@@ -213,7 +222,7 @@ class Deployer:
             raise DeployError(f"deploy #{deploy_id} is already {d['status']}; nothing to approve")
         expiry = self.cfg.environments[d["env"]].request_expiry
         if self.clock() - d["created_at"] > expiry:
-            if rows.transition(self.store, deploy_id, "pending", "cancelled", finished_at=self.clock(),
+            if move(self.store, deploy_id, "pending", "cancelled", finished_at=self.clock(),
                                outcome=f"expired: not approved within {format_duration(expiry)}"):
                 audit.record(self.store, actor="recess", command="button:approve", action="deploy.expire",
                              target=f"deploy:{deploy_id}", before={"status": "pending"}, after={"status": "cancelled"})
@@ -250,7 +259,7 @@ class Deployer:
         decision = self.policy.can_reject(actor, d["requester"])
         if not decision:
             raise DeployError(decision.reason)
-        if not rows.transition(self.store, deploy_id, "pending", "rejected", finished_at=self.clock(), outcome=f"rejected by <@{actor}>"):
+        if not move(self.store, deploy_id, "pending", "rejected", finished_at=self.clock(), outcome=f"rejected by <@{actor}>"):
             raise DeployError(f"deploy #{deploy_id} is already {rows.get(self.store, deploy_id)['status']}; it cannot be rejected")
         audit.record(self.store, actor=actor, command="button:reject", action="deploy.reject", target=f"deploy:{deploy_id}",
                      before={"status": "pending"}, after={"status": "rejected"}, at=self.clock())
@@ -263,7 +272,7 @@ class Deployer:
         if not decision:
             raise DeployError(decision.reason)
         before = d["status"]
-        if not rows.transition(self.store, deploy_id, ("pending", "approved", "queued"), "cancelled", finished_at=self.clock(), outcome=f"cancelled by <@{actor}>"):
+        if not move(self.store, deploy_id, ("pending", "approved", "queued"), "cancelled", finished_at=self.clock(), outcome=f"cancelled by <@{actor}>"):
             now_status = rows.get(self.store, deploy_id)["status"]
             raise DeployError(f"deploy #{deploy_id} is {now_status}; only pending or queued deploys can be cancelled")
         audit.record(self.store, actor=actor, command="button:cancel", action="deploy.cancel", target=f"deploy:{deploy_id}",
@@ -274,7 +283,7 @@ class Deployer:
     # -- the queue ----------------------------------------------------------------------------
 
     def _approved(self, deploy_id: int, actor: str | None) -> None:
-        if not rows.transition(self.store, deploy_id, "pending", "approved"):
+        if not move(self.store, deploy_id, "pending", "approved"):
             return  # someone else's click got there first
         d = rows.get(self.store, deploy_id)
         self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor
@@ -293,12 +302,12 @@ class Deployer:
             if not calendar.is_safe(now):
                 nxt = calendar.next_safe_window(now)
                 if nxt is None:
-                    rows.transition(self.store, deploy_id, ("approved", "queued"), "cancelled", finished_at=now, outcome="no safe window within 400 days")
+                    move(self.store, deploy_id, ("approved", "queued"), "cancelled", finished_at=now, outcome="no safe window within 400 days")
                     self.notify.update_card(deploy_id)
                     self.notify.thread(deploy_id, ":warning: No safe window in the next 400 days; the deploy was cancelled.", broadcast=True)
                     return
                 requeue = d["status"] == "queued"
-                if rows.transition(self.store, deploy_id, ("approved", "queued"), "queued", queued_until=nxt):
+                if move(self.store, deploy_id, ("approved", "queued"), "queued", queued_until=nxt):
                     self.arm(f"deploy-{deploy_id}", nxt, self.run_due)
                     self.notify.update_card(deploy_id)
                     if requeue:
@@ -306,7 +315,7 @@ class Deployer:
                     else:
                         self.notify.thread(deploy_id, ":hourglass: Queued until the last school's day ends.")
                 return
-        if rows.transition(self.store, deploy_id, ("approved", "queued"), "running", started_at=now):
+        if move(self.store, deploy_id, ("approved", "queued"), "running", started_at=now):
             self.notify.update_card(deploy_id)
             self.run_async(lambda: self.run_pipeline(deploy_id))
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from commands.config import format_duration
+from commands.deploys import move
 from platforms.base import Platform, PlatformError, RouterStats, Traffic, other_slot
 from storage import audit
 from storage import deploys as rows
@@ -293,11 +294,11 @@ class Pipeline:
         now = self.d.clock()
         retire_at = now + self.env.keep_blue
         r = self.row
-        if not rows.transition(self.store, self.id, "running", "succeeded", finished_at=now, blue_retire_at=retire_at,
+        if not move(self.store, self.id, "running", "succeeded", finished_at=now, blue_retire_at=retire_at,
                                outcome=f"{r['version']} live in {seconds(took)}"):
             return
         if r["kind"] == "rollback" and r["rollback_of"]:
-            rows.transition(self.store, r["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {r['version']}")
+            move(self.store, r["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {r['version']}")
         # Earlier deploys' kept versions are gone now (this deploy replaced the slot).
         self.store.execute(
             "UPDATE deploys SET blue_retired = 1 WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0",
@@ -335,7 +336,7 @@ class Pipeline:
     def abort(self, blue: str | None, green: str, exc: StepFailed) -> None:
         restored = self.restore_blue(blue, green)
         now = self.d.clock()
-        rows.transition(self.store, self.id, "running", "failed", finished_at=now, outcome=f"{exc}"[:500])
+        move(self.store, self.id, "running", "failed", finished_at=now, outcome=f"{exc}"[:500])
         audit.record(self.store, actor="recess", command="pipeline", action="deploy.failed", target=f"deploy:{self.id}",
                      after={"reason": str(exc), "restored": restored})
         self.d.notify.update_card(self.id)
@@ -344,6 +345,6 @@ class Pipeline:
                  f"{restored.capitalize()}.{out}", broadcast=True)
 
     def _fail_before_start(self, message: str, output: str = "") -> None:
-        rows.transition(self.store, self.id, "running", "failed", finished_at=self.d.clock(), outcome=message[:500])
+        move(self.store, self.id, "running", "failed", finished_at=self.d.clock(), outcome=message[:500])
         self.d.notify.update_card(self.id)
         self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} failed before it started: {message}", broadcast=True)

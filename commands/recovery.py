@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from commands.deploys import move
 from platforms.base import PlatformError, other_slot
 from storage import audit
 from storage import deploys as rows
@@ -36,7 +37,7 @@ def recover_all(d: Deployer) -> list[tuple[int, str]]:
         except Exception as exc:  # never stop start-up: say it loudly, and free the service
             log.exception("recovery of deploy %s failed", row["id"])
             what = f"recovery failed: {exc}; check the service by hand"
-            rows.transition(d.store, row["id"], "running", "failed", finished_at=d.clock(), outcome=what[:500])
+            move(d.store, row["id"], "running", "failed", finished_at=d.clock(), outcome=what[:500])
             d.notify.update_card(row["id"])
             d.notify.thread(row["id"], f":rotating_light: {what}", broadcast=True)
         log.info("recovered deploy %s in %.3f s: %s", row["id"], time.monotonic() - t, what)
@@ -58,13 +59,13 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
         if s["status"] == "running":
             rows.finish_step(d.store, s["id"], "failed", "interrupted: the bot stopped during this step")
     if green is None:  # killed before the pipeline chose slots: nothing was touched
-        rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome="the bot restarted before the deploy began; nothing was changed")
+        move(d.store, row["id"], "running", "failed", finished_at=now, outcome="the bot restarted before the deploy began; nothing was changed")
         _tell(d, row, "the bot restarted before the deploy began; nothing was changed. Request it again when ready.")
         return "nothing to undo"
     try:
         traffic = platform.status()
     except PlatformError as exc:
-        rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome=f"recovery could not read the platform: {exc}")
+        move(d.store, row["id"], "running", "failed", finished_at=now, outcome=f"recovery could not read the platform: {exc}")
         _tell(d, row, f"the bot restarted during *{step}* and could not read the platform ({exc}); check the service by hand.")
         return "platform unreadable"
     w = traffic.weights
@@ -87,10 +88,10 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     if on_green and green_healthy and (reached_switch or row["kind"] == "rollback"):
         env = d.cfg.environments[row["env"]]
         retire_at = now + env.keep_blue
-        rows.transition(d.store, row["id"], "running", "succeeded", finished_at=now, traffic_at=row["traffic_at"] or now,
+        move(d.store, row["id"], "running", "succeeded", finished_at=now, traffic_at=row["traffic_at"] or now,
                         blue_retire_at=retire_at, outcome=f"{row['version']} live (finished by recovery after a restart)")
         if row["kind"] == "rollback" and row["rollback_of"]:
-            rows.transition(d.store, row["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {row['version']}")
+            move(d.store, row["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {row['version']}")
         d.store.execute("UPDATE deploys SET blue_retired = 1 WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0",
                         (row["service"], row["env"], row["id"]))
         d.arm(f"retire-{row['id']}", retire_at, d.retire_due)
@@ -105,7 +106,7 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
         serving = blue if blue and traffic.slot(blue).running else traffic.serving
         if serving and traffic.split:
             platform.shift({serving: 100, other_slot(serving): 0})
-        rows.transition(d.store, row["id"], "running", "failed", finished_at=now,
+        move(d.store, row["id"], "running", "failed", finished_at=now,
                         outcome="the bot restarted before the rollback flipped traffic; nothing changed")
         _tell(d, row, f"the bot restarted before the rollback to {row['version']} flipped traffic; nothing changed. "
                       f"Click Roll back again if it is still needed.")
@@ -119,7 +120,7 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
         platform.drain(green, timeout=5)
         platform.stop(green)
         outcome = f"bot restarted during {step}; rolled back to {row['blue_version']}"
-        rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome=outcome)
+        move(d.store, row["id"], "running", "failed", finished_at=now, outcome=outcome)
         audit.record(d.store, actor="recess", command="recovery", action="deploy.recovered", target=f"deploy:{row['id']}",
                      after={"result": "rolled back", "step": step})
         _tell(d, row, f"the bot restarted during *{step}*. Traffic is 100% on blue ({row['blue_version']}) and green was stopped; "
@@ -128,14 +129,14 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     if green_healthy and green_state.version == row["version"] and reached_switch:
         # Blue is gone (or this was the first deploy): the only healthy slot takes the traffic.
         platform.shift({green: 100, other_slot(green): 0})
-        rows.transition(d.store, row["id"], "running", "succeeded", finished_at=now, traffic_at=now,
+        move(d.store, row["id"], "running", "succeeded", finished_at=now, traffic_at=now,
                         blue_retire_at=now, outcome=f"{row['version']} live (blue was not healthy after a restart)")
         _tell(d, row, f"the bot restarted during *{step}*. Blue was not healthy, green ({row['version']}) is: traffic is 100% on green.")
         return "finished: only green healthy"
     platform.shift({"blue": 0, "green": 0})
     platform.drain(green, timeout=5)
     platform.stop(green)
-    rows.transition(d.store, row["id"], "running", "failed", finished_at=now, outcome=f"bot restarted during {step}; no healthy slot")
+    move(d.store, row["id"], "running", "failed", finished_at=now, outcome=f"bot restarted during {step}; no healthy slot")
     _tell(d, row, f"the bot restarted during *{step}* and no slot is healthy: nothing serves. This needs a person now.")
     return "no healthy slot"
 

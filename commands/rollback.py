@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from commands.deploys import DeployError, HeldError
+from commands.deploys import DeployError, HeldError, move
 from commands.pipeline import crash_point, router_time
 from platforms.base import PlatformError, other_slot
 from storage import audit
@@ -105,7 +105,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
         try:
             fast_flip(d, rb_id, live, p, clicked_at)
         except Exception as exc:  # the platform failed us: free the service and say so
-            rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"platform: {exc}"[:500])
+            move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"platform: {exc}"[:500])
             d.notify.thread(live_id, f":red_circle: Rollback failed: {exc}. Check the traffic by hand.", broadcast=True)
             raise DeployError(f"the rollback failed: {exc}") from exc
     else:
@@ -121,7 +121,7 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     green = other_slot(blue)
     health = platform.health(blue)
     if not health.ok and baking(live):
-        rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
+        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
         d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
                                     f"traffic stays on {p.current} while the bake watch runs.", broadcast=True)
         return
@@ -135,7 +135,7 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
         platform.shift({blue: 100, green: 0})
         crash_point("rollback", "after")
     except PlatformError as exc:
-        rows.transition(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}")
+        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}")
         d.notify.thread(live["id"], f":red_circle: Rollback failed: the router refused the flip ({exc}). Traffic is unchanged.", broadcast=True)
         return
     flip = router_time(platform, time.perf_counter() - t)
@@ -144,9 +144,9 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     env = d.cfg.environments[live["env"]]
     outcome = f"traffic back on {p.target} in {flip * 1000:.1f} ms, {since_click:.2f} s after the click"
     with d.store.transaction():
-        rows.transition(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by <@{rows.get(d.store, rb_id)['requester']}>",
+        move(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by <@{rows.get(d.store, rb_id)['requester']}>",
                         finished_at=live["finished_at"] or now)
-        rows.transition(d.store, rb_id, "running", "succeeded", finished_at=now, traffic_at=now, outcome=outcome,
+        move(d.store, rb_id, "running", "succeeded", finished_at=now, traffic_at=now, outcome=outcome,
                         blue_slot=green, green_slot=blue, blue_version=p.current, blue_retire_at=now + env.keep_blue)
         d.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ?", (live["id"],))
         audit.record(d.store, actor="recess", command="/rollback", action="rollback.done", target=f"deploy:{live['id']}",
@@ -176,7 +176,7 @@ def auto_rollback(d: Deployer, deploy_id: int, reason: str) -> None:
         platform.stop(green)
     except PlatformError as exc:
         note = f"the router or platform refused: {exc}"
-    rows.transition(d.store, deploy_id, "running", "rolled_back", finished_at=d.clock(),
+    move(d.store, deploy_id, "running", "rolled_back", finished_at=d.clock(),
                     outcome=f"automatically rolled back: {reason}"[:500])
     audit.record(d.store, actor="recess", command="bake", action="rollback.auto", target=f"deploy:{deploy_id}",
                  before={"version": row["version"]}, after={"version": row["blue_version"], "reason": reason})

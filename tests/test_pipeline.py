@@ -518,3 +518,16 @@ def test_a_rollback_between_the_switch_and_the_bake_keeps_the_undone_version_up(
     assert fake.weights == {"blue": 100, "green": 0}
     assert fake.running["green"] and fake.versions["green"] == "v2"  # kept, as the rollback promised
     assert ":red_circle:" not in d.notify.text()
+
+
+def test_the_state_machine_refuses_a_move_that_is_not_in_its_table(make):
+    from commands.deploys import TRANSITIONS, move
+
+    d, _, _ = make()
+    req = d.request(actor=ENGINEER, service="web", version="v2")
+    assert "succeeded" not in TRANSITIONS["pending"]
+    with pytest.raises(ValueError, match="pending -> succeeded"):
+        move(d.store, req["id"], "pending", "succeeded")
+    assert rows.get(d.store, req["id"])["status"] == "pending"
+    assert move(d.store, req["id"], "pending", "cancelled") is True
+    assert move(d.store, req["id"], "pending", "cancelled") is False  # a second click changes nothing
