@@ -37,7 +37,9 @@ def baking(d: dict[str, Any]) -> bool:
     return d["kind"] == "deploy" and d["status"] == "running" and d["traffic_at"] is not None and bool(d["blue_slot"])
 
 
-def plan(d: Deployer, service: str, env: str | None, actor: str) -> RollbackPlan:
+def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platform: bool = True) -> RollbackPlan:
+    """What a rollback would do. Without `check_platform` (the preview, answered before Slack's
+    3 s deadline) blue's life comes from the store; the click always asks the platform."""
     if service not in d.cfg.services:
         raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(d.cfg.services)) or 'none'})")
     envs = d.cfg.service_environments(service)
@@ -61,7 +63,9 @@ def plan(d: Deployer, service: str, env: str | None, actor: str) -> RollbackPlan
         raise DeployError(f"{service} in {env} has no previous good version to roll back to")
     blue_alive = False
     slot = live["blue_slot"]
-    if slot and not live["blue_retired"]:
+    if slot and not live["blue_retired"] and not check_platform:
+        blue_alive = True
+    elif slot and not live["blue_retired"]:
         try:
             state = d.platform_for(service, env).status().slot(slot)
             blue_alive = state.running and state.version == live["previous_version"]

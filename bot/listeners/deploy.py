@@ -106,7 +106,7 @@ def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
             return ephemeral(f"```{ROLLBACK_USAGE}```")
         if len(args) > 2:
             raise ParseError("`/rollback` takes a SERVICE and an optional ENV")
-        plan = rollbacks.plan(deployer, args[0], args[1] if len(args) == 2 else None, user)
+        plan = rollbacks.plan(deployer, args[0], args[1] if len(args) == 2 else None, user, check_platform=False)
     except HeldError as exc:
         return held_reply(str(exc), exc.holder)
     except (ParseError, DeployError) as exc:
