@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_model  # noqa: E402
 from commands.flags import Flag, Override, build_snapshot  # noqa: E402
 from tests.fake_slack import FakeSlack  # noqa: E402
 from tests.slack_sender import SlackSender  # noqa: E402
@@ -45,14 +46,7 @@ ADMIN = "U0BENCHADMIN"
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     from importlib.metadata import version
 
     libraries = ", ".join(f"{name} {version(name)}" for name in ("uvicorn", "starlette", "mmh3"))

@@ -19,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from commands.migrations import check_linter, lint_paths
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import cpu_model  # noqa: E402
+from commands.migrations import check_linter, lint_paths  # noqa: E402
 
 TARGET_SECONDS = 2.0
 
@@ -70,14 +73,7 @@ def migration(rng: random.Random, n: int) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     squawk = subprocess.run([check_linter(), "--version"], capture_output=True, text=True).stdout.strip()
     return (
         f"machine: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs\n"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import cpu_model  # noqa: E402
 from commands import windows  # noqa: E402
 from commands.config import SchoolHours  # noqa: E402
 from commands.windows import Calendar, FreezeWindow, TenantCalendar  # noqa: E402
@@ -171,16 +172,6 @@ def row(name: str, ms: list[float]) -> str:
         f"{name:<44} median {statistics.median(ms):7.3f} ms   p10 {q[0]:7.3f}   "
         f"p90 {q[-1]:7.3f}   max {max(ms):7.3f}   (n={len(ms)})"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
