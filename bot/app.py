@@ -96,25 +96,8 @@ def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
                     seen.popitem(last=False)
         return next()
 
-    from bot.listeners import home, window
+    from bot.listeners import deploy, flag, home, window
 
-    window.register(app, rt)
-    home.register(app, rt)
-    for register in rt.extras.get("listeners", []):
-        register(app, rt)
-    _register_optional(app, rt)
+    for room in (window, home, deploy, flag):
+        room.register(app, rt)
     return app
-
-
-def _register_optional(app: App, rt: Runtime) -> None:
-    """Rooms that later issues add register themselves here when present."""
-    import importlib
-
-    for name in ("bot.listeners.deploy", "bot.listeners.flag"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(app, rt)

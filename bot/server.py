@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import importlib
 import json
 import logging
 import urllib.parse
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bot import ofrep
 from bot.runtime import Runtime
 from commands import freezes
 
@@ -101,13 +101,7 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Sta
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/window", window, methods=["GET"]),
     ]
-    try:
-        ofrep = importlib.import_module("bot.ofrep")
-    except ModuleNotFoundError as exc:
-        if exc.name != "bot.ofrep":
-            raise
-    else:
-        routes += ofrep.routes(rt)
+    routes += ofrep.routes(rt)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(404, f"no route {request.method} {request.url.path}")

@@ -29,8 +29,6 @@ def home_view(rt: Runtime, user: str, tz: str) -> dict:
         lines = [f"{STATUS_ICON.get(d['status'], '')} #{d['id']} {d['service']} *{d['version']}* ({d['env']}): "
                  f"{d['status'].replace('_', ' ')}" for d in recent]
         blocks.append(section("*Recent deploys*\n" + "\n".join(lines)))
-    for extra in rt.extras.get("home_sections", []):
-        blocks.extend(extra(rt, user, tz))
     blocks.append(context("`/deploy`, `/rollback`, `/window`, `/flag` — add `help` to any of them for usage."))
     return {"type": "home", "blocks": render(blocks[:100])}
 
