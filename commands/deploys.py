@@ -87,16 +87,22 @@ class Deployer:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def parse_request(self, service: str, version: str, env: str | None) -> tuple[str, str, str]:
+    def target(self, service: str, env: str | None) -> tuple[str, str]:
+        """The service and environment a command names (ENV defaults to the first one it deploys to)."""
         if service not in self.cfg.services:
             known = ", ".join(sorted(self.cfg.services)) or "none configured"
             raise DeployError(f"unknown service `{service}` (known: {known})")
         envs = self.cfg.service_environments(service)
         env = env or (self.cfg.default_environment if self.cfg.default_environment in envs else envs[0])
         if env not in self.cfg.environments:
-            raise DeployError(f"unknown environment `{env}` (known: {', '.join(self.cfg.environments)})")
+            raise DeployError(f"`{service}` is not deployed to `{env}`: unknown environment `{env}` "
+                              f"(known: {', '.join(self.cfg.environments)})")
         if env not in envs:
             raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
+        return service, env
+
+    def parse_request(self, service: str, version: str, env: str | None) -> tuple[str, str, str]:
+        service, env = self.target(service, env)
         if not VERSION.fullmatch(version):
             raise DeployError(f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
         return service, version, env

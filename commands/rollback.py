@@ -40,13 +40,7 @@ def baking(d: dict[str, Any]) -> bool:
 def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platform: bool = True) -> RollbackPlan:
     """What a rollback would do. Without `check_platform` (the preview, answered before Slack's
     3 s deadline) blue's life comes from the store; the click always asks the platform."""
-    if service not in d.cfg.services:
-        raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(d.cfg.services)) or 'none'})")
-    envs = d.cfg.service_environments(service)
-    env = env or (d.cfg.default_environment if d.cfg.default_environment in envs else envs[0])
-    if env not in envs:
-        raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)}; "
-                          f"environments: {', '.join(d.cfg.environments)})")
+    service, env = d.target(service, env)
     decision = d.policy.can_rollback(actor, env)
     if not decision:
         raise DeployError(decision.reason)
