@@ -306,14 +306,23 @@ def test_after_blue_is_retired_rollback_redeploys_the_previous_version(make):
     assert rows.get(d.store, deployed["id"])["status"] == "rolled_back"
 
 
+def killed_at(d: Deployer, fake: FakePlatform, step: str | None, weights: dict | None = None, **values) -> int:  # noqa: ANN003
+    """A v2 deploy left `running` as a SIGKILL during `step` leaves it: slots chosen, green up."""
+    deploy_id = d.request(actor=ENGINEER, service="web", version="v2")["id"]
+    rows.transition(d.store, deploy_id, "pending", "running", started_at=AFTER_SCHOOL)
+    rows.update(d.store, deploy_id, blue_slot="blue", green_slot="green", blue_version="v1", **values)
+    fake.start("green", "v2")
+    if weights:
+        fake.shift(weights)
+    if step:
+        rows.start_step(d.store, deploy_id, step)
+    return deploy_id
+
+
 @pytest.mark.parametrize("killed_in", ["start_green", "migrate", "health", "smoke"])
 def test_recovery_before_the_switch_returns_traffic_to_blue(make, killed_in):
     d, fake, _ = make()
-    req = d.request(actor=ENGINEER, service="web", version="v2")
-    rows.transition(d.store, req["id"], "pending", "running", started_at=AFTER_SCHOOL)
-    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
-    fake.start("green", "v2")
-    rows.start_step(d.store, req["id"], killed_in)
+    req = {"id": killed_at(d, fake, killed_in)}
     done = recover_all(d)
     assert done == [(req["id"], "rolled back to blue")]
     assert fake.weights == {"blue": 100, "green": 0} and not fake.running["green"]
@@ -323,24 +332,14 @@ def test_recovery_before_the_switch_returns_traffic_to_blue(make, killed_in):
 
 def test_recovery_half_routed_canary_ends_on_blue(make):
     d, fake, _ = make()
-    req = d.request(actor=ENGINEER, service="web", version="v2")
-    rows.transition(d.store, req["id"], "pending", "running")
-    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
-    fake.start("green", "v2")
-    fake.shift({"blue": 50, "green": 50})
-    rows.start_step(d.store, req["id"], "shift")
+    killed_at(d, fake, "shift", {"blue": 50, "green": 50})
     recover_all(d)
     assert fake.weights == {"blue": 100, "green": 0}
 
 
 def test_recovery_after_the_switch_lets_the_deploy_stand(make):
     d, fake, _ = make()
-    req = d.request(actor=ENGINEER, service="web", version="v2")
-    rows.transition(d.store, req["id"], "pending", "running")
-    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
-    fake.start("green", "v2")
-    fake.shift({"blue": 0, "green": 100})
-    rows.start_step(d.store, req["id"], "bake")
+    req = {"id": killed_at(d, fake, "bake", {"blue": 0, "green": 100})}
     recover_all(d)
     assert rows.get(d.store, req["id"])["status"] == "succeeded"
     assert fake.weights == {"blue": 0, "green": 100} and fake.running["blue"]
@@ -359,13 +358,7 @@ def test_recovery_never_runs_a_deploy_twice(make):
 def _killed_during_bake(make, **kw):  # noqa: ANN001, ANN003
     base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
     d, fake, _ = make(base=base, **kw)
-    req = d.request(actor=ENGINEER, service="web", version="v2")
-    rows.transition(d.store, req["id"], "pending", "running", started_at=AFTER_SCHOOL)
-    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1", traffic_at=AFTER_SCHOOL)
-    fake.start("green", "v2")
-    fake.shift({"blue": 0, "green": 100})
-    rows.start_step(d.store, req["id"], "bake")
-    return d, fake, req["id"]
+    return d, fake, killed_at(d, fake, "bake", {"blue": 0, "green": 100}, traffic_at=AFTER_SCHOOL)
 
 
 def test_recovery_during_bake_watches_green_again_before_calling_it_done(make):
@@ -470,10 +463,7 @@ def test_a_slot_that_serves_again_is_never_retired(make):
 
 def test_a_failing_recovery_frees_the_service(make):
     d, fake, _ = make()
-    req = d.request(actor=ENGINEER, service="web", version="v2")
-    rows.transition(d.store, req["id"], "pending", "running")
-    rows.update(d.store, req["id"], blue_slot="blue", green_slot="green", blue_version="v1")
-    fake.start("green", "v2")
+    req = {"id": killed_at(d, fake, None)}
     fake.fail["shift"] = "router refused"
     recover_all(d)
     assert rows.get(d.store, req["id"])["status"] == "failed"
