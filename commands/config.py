@@ -217,6 +217,14 @@ class Environment(Strict):
     max_5xx_ratio: float = Field(default=0.05, ge=0, le=1)
     canary_pause: Duration = dt.timedelta(seconds=30)
     request_expiry: Duration = dt.timedelta(hours=24)
+    deploy_timeout: Duration = dt.timedelta(minutes=30)
+
+    @field_validator("deploy_timeout")
+    @classmethod
+    def _deploy_timeout(cls, v: dt.timedelta) -> dt.timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("expected a duration above 0 (a deploy needs some time to run)")
+        return v
 
 
 class FlagsSection(Strict):

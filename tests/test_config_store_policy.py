@@ -64,6 +64,24 @@ def test_approvals_must_be_a_count(tmp_path):
         load_config(path)
 
 
+def test_deploy_timeout_defaults_to_30_minutes_and_reads_like_the_other_durations(tmp_path):
+    cfg = load_config(write_config(tmp_path, "", base=BASE_CONFIG.replace("approvals = 0", 'approvals = 0\ndeploy_timeout = "1h30m"')))
+    assert cfg.environments["production"].deploy_timeout == dt.timedelta(minutes=30)
+    assert cfg.environments["staging"].deploy_timeout == dt.timedelta(minutes=90)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"forever"', "expected a duration like '90s', '30m' or '2h', got 'forever'"),
+    ('"0s"', "expected a duration above 0"),
+])
+def test_a_bad_deploy_timeout_names_its_key(tmp_path, value, message):
+    path = write_config(tmp_path, "", base=BASE_CONFIG.replace("approvals = 1", f"approvals = 1\ndeploy_timeout = {value}"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "environments.production.deploy_timeout" in str(err.value)
+    assert message in str(err.value)
+
+
 def test_a_missing_holiday_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"windows\.holidays\[0\]: no such iCalendar file 'nope.ics'"):
         load_config(write_config(tmp_path, "", base=BASE_CONFIG + '\n[windows]\nholidays = ["nope.ics"]\n'))
