@@ -21,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bot.app import build_app
+    from bot.lease import DatabaseLease, LeaseError, LeaseHeld
     from bot.runtime import build_runtime
     from bot.server import build_http_app
     from bot.startup import preflight
@@ -33,7 +34,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not app_token and not os.environ.get("SLACK_SIGNING_SECRET"):
         print("recess: SLACK_SIGNING_SECRET is not set; it is needed to verify requests from Slack (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
         return 2
+    # One owner per database: nothing below (recovery, the scheduler, the outbox) runs before
+    # this process holds the lease. It is never released here: the kernel frees it when the
+    # process ends, after the last pipeline thread, so a standby cannot start beside one.
+    lease = None
+    if DatabaseLease.needed(cfg.bot.database):
+        lease = DatabaseLease(cfg.database_path)
+        try:
+            lease.acquire(wait=args.standby)
+        except LeaseHeld as exc:
+            print(f"recess: {exc}; stop it first, or start this one with --standby to take over when it stops", file=sys.stderr)
+            return 2
+        except LeaseError as exc:
+            print(f"recess: {exc}", file=sys.stderr)
+            return 2
     rt = build_runtime(cfg)
+    rt.extras["lease"] = lease
     rt.start()
     bolt = build_app(rt, socket_mode=bool(app_token))
     if app_token:
@@ -107,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)")
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     serve.add_argument("--host", default=os.environ.get("RECESS_HOST", "0.0.0.0"))
+    serve.add_argument("--standby", action="store_true",
+                       help="when another recess serve owns the database, wait and take over when it stops (instead of exiting 2)")
     serve.set_defaults(run=cmd_serve)
 
     window = sub.add_parser("window", help="deploy windows")
