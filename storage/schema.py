@@ -130,4 +130,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (service, env, name)
         )""",
     ],
+    # 2: one heartbeat row, rewritten by every /healthz: proof that the store can still write.
+    [
+        """CREATE TABLE health (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            beat_at TEXT NOT NULL,
+            pid INTEGER NOT NULL
+        )""",
+    ],
 ]
