@@ -1,0 +1,297 @@
+"""One owner per database: `recess serve` holds a flock lease on `<database>.lock`.
+
+A second `recess serve` on the same database exits 2 and names the owner; `--standby` waits and
+takes over when the owner dies (even by SIGKILL); read-only commands need no lease. The servers
+here are real processes against the fake Slack; every wait is for a condition, with a generous
+timeout, never a measured duration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.lease import DatabaseLease, Holder, LeaseHeld
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "test-signing-secret"
+CONFIG = """
+[bot]
+database = "data/recess.db"
+channel = "C0DEPLOYS"
+state_dir = ".recess"
+
+[access]
+approvers = ["U0APPROVER1"]
+
+[[tenants]]
+id = "lincoln-high"
+timezone = "America/New_York"
+
+[environments.production]
+approvals = 1
+respect_windows = true
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def recess(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bot.cli", *args]
+
+
+class Serve:
+    """`recess serve` as a real process; its stderr (the log) goes to a file we can read."""
+
+    def __init__(self, config: Path, slack_url: str, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = config.parent / f"serve-{self.port}.log"
+        env = {**os.environ, "SLACK_API_URL": slack_url, "SLACK_SIGNING_SECRET": SECRET,
+               "SLACK_BOT_TOKEN": "xoxb-test", "RECESS_LOG_LEVEL": "INFO"}
+        env.pop("SLACK_APP_TOKEN", None)
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                recess("--config", str(config), "serve", "--port", str(self.port), "--host", "127.0.0.1", *extra),
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            )
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"recess serve exited {self.proc.returncode}: {self.stderr()}")
+            return self.healthy()
+
+        wait_for(up, timeout, f"/healthz of pid {self.proc.pid}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "recess.toml"
+    path.write_text(textwrap.dedent(CONFIG))
+    return path
+
+
+@pytest.fixture
+def serve(config, slack):
+    started: list[Serve] = []
+
+    def start(*extra: str) -> Serve:
+        s = Serve(config, slack.api_url, *extra)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def lock_record(config: Path) -> dict:
+    return json.loads((config.parent / "data" / "recess.db.lock").read_text())
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def test_a_second_serve_on_the_same_database_exits_2_and_names_the_owner(config, serve):
+    first = serve()
+    first.wait_healthy()
+
+    second = serve()
+    assert second.proc.wait(timeout=20) == 2
+    message = second.stderr()
+    db = (config.parent / "data" / "recess.db").resolve()
+    assert f"recess: the database {db} is owned by pid {first.proc.pid} on host {socket.gethostname()} since " in message
+    assert "stop it first, or start this one with --standby to take over when it stops" in message
+    assert not second.healthy()
+    assert first.healthy(), "the owner keeps serving"
+
+
+def test_the_lock_file_records_the_owner_pid_host_and_since(config, serve):
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    first = serve()
+    first.wait_healthy()
+    record = lock_record(config)
+    assert record["pid"] == first.proc.pid
+    assert record["host"] == socket.gethostname()
+    assert record["since"].endswith("Z")
+    assert dt.datetime.fromisoformat(record["since"].replace("Z", "+00:00")) >= before
+
+
+def test_a_standby_neither_serves_nor_starts_until_the_owner_dies_then_takes_over(config, serve):
+    first = serve()
+    first.wait_healthy()
+
+    standby = serve("--standby")
+    waiting = f"is owned by pid {first.proc.pid} on host {socket.gethostname()}"
+    wait_for(lambda: waiting in standby.stderr(), 20, "the standby to say whom it waits for")
+    assert standby.proc.poll() is None, standby.stderr()
+    assert not standby.healthy(), "a waiting standby must not serve"
+    # Nothing after the lease: no scheduler, so no recovery, no queued jobs, no outbox.
+    assert "Scheduler started" not in standby.stderr()
+    assert lock_record(config)["pid"] == first.proc.pid
+    assert standby.stderr().count("waiting to take over") == 1
+
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=20)
+    standby.wait_healthy(timeout=30)
+    log = standby.stderr()
+    assert log.index("took over the database") < log.index("Scheduler started"), "the lease comes before anything starts"
+    assert lock_record(config)["pid"] == standby.proc.pid
+
+
+def test_read_only_commands_work_while_a_server_holds_the_lease(config, serve, tmp_path):
+    first = serve()
+    first.wait_healthy()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(recess("--config", str(config), *args), cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    window = run("window", "check", "--at", "2027-03-20T12:00:00Z")  # a Saturday: safe
+    assert window.returncode == 0, window.stderr
+    assert window.stdout.startswith("safe at")
+    check = run("config", "check")
+    assert check.returncode == 0, check.stderr
+    assert "ok" in check.stdout
+    sql = tmp_path / "0001_add_column.sql"
+    sql.write_text("ALTER TABLE students ADD COLUMN nickname text;\n")
+    lint = run("migrations", "lint", str(sql))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert first.healthy()
+    assert lock_record(config)["pid"] == first.proc.pid, "no read-only command took the lease"
+
+
+# -- DatabaseLease in-process -----------------------------------------------------------------
+
+
+def test_a_second_lease_on_the_same_database_is_refused_and_names_the_holder(tmp_path):
+    db = tmp_path / "recess.db"
+    since = dt.datetime(2026, 12, 1, 21, 50, 3, tzinfo=dt.UTC)
+    with DatabaseLease(db, clock=lambda: since) as owner:
+        assert owner.held
+        with pytest.raises(LeaseHeld) as refused:
+            DatabaseLease(db).acquire(wait=False)
+        assert refused.value.holder == Holder(os.getpid(), socket.gethostname(), since)
+        assert str(refused.value) == f"the database {db.resolve()} is owned by pid {os.getpid()} on host {socket.gethostname()} since 2026-12-01T21:50:03Z"
+        assert DatabaseLease(db).holder() == owner.holder()
+
+
+def test_a_released_lease_can_be_taken_again_and_names_nobody(tmp_path):
+    db = tmp_path / "recess.db"
+    with DatabaseLease(db):
+        pass
+    assert DatabaseLease(db).holder() is None
+    again = DatabaseLease(db).acquire(wait=False)
+    assert again.held
+    again.release()
+    assert not again.held
+
+
+def test_a_standby_lease_waits_with_the_injected_sleep_and_takes_over_when_freed(tmp_path, caplog):
+    db = tmp_path / "recess.db"
+    owner = DatabaseLease(db).acquire(wait=False)
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            owner.release()
+
+    with caplog.at_level(logging.INFO, logger="recess.lease"):
+        standby = DatabaseLease(db, sleep=sleep, poll=0.5).acquire(wait=True)
+    assert standby.held
+    assert pauses == [0.5, 0.5, 0.5]
+    waits = [r for r in caplog.records if "waiting to take over" in r.getMessage()]
+    assert len(waits) == 1 and f"pid {os.getpid()}" in waits[0].getMessage()
+    assert standby.holder().pid == os.getpid()
+    standby.release()
+
+
+HOLDER = """
+import subprocess, sys, time
+from bot.lease import DatabaseLease
+lease = DatabaseLease(sys.argv[1]).acquire(wait=False)
+# A child that outlives us, started the way a platform might (close_fds=False): it must not
+# inherit the lease, as the app processes and HAProxy outlive recess on purpose.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], close_fds=False, start_new_session=True)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_kernel_frees_the_lease_when_its_holder_is_killed_even_with_a_child_alive(tmp_path):
+    db = tmp_path / "recess.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child_pid = int(holder.stdout.readline())
+    try:
+        with pytest.raises(LeaseHeld) as refused:
+            DatabaseLease(db).acquire(wait=False)
+        assert refused.value.holder.pid == holder.pid
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=20)
+
+        def taken() -> DatabaseLease | None:
+            try:
+                return DatabaseLease(db).acquire(wait=False)
+            except LeaseHeld:
+                return None
+
+        lease = wait_for(taken, 20, "the lease to be free after SIGKILL")
+        assert lease.holder().pid == os.getpid()
+        lease.release()
+    finally:
+        for pid in (holder.pid, child_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        holder.wait(timeout=20)
+
+
+def test_an_in_memory_database_needs_no_lease():
+    assert not DatabaseLease.needed(":memory:")
+    assert DatabaseLease.needed("recess.db")
