@@ -18,6 +18,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.health import HealthReport
+from bot.health import check as health_check
 from bot.outbox import Outbox
 from bot.slack_client import make_client
 from commands.config import Config
@@ -73,8 +75,12 @@ class Runtime:
         self.outbox.stop()
         self.worker.shutdown(wait=False, cancel_futures=True)
 
+    def health(self) -> HealthReport:
+        """What /healthz answers: a real write to the store, the scheduler, stuck deploys, the outbox."""
+        return health_check(self.store, self.cfg, now=self.now(), scheduler_running=self.scheduler.running)
+
     def healthy(self) -> bool:
-        return self.store.healthy() and self.scheduler.running
+        return self.health().ok
 
 
 def usergroup_members(client: WebClient) -> Callable[[str], list[str]]:

@@ -72,9 +72,8 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Sta
         return to_starlette_response(bolt_response)
 
     async def healthz(_: Request) -> Response:
-        ok = await run_in_threadpool(rt.healthy)
-        body = {"status": "ok" if ok else "unhealthy", "store": rt.store.healthy(), "scheduler": rt.scheduler.running}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        report = await run_in_threadpool(rt.health)
+        return JSONResponse(report.to_json(), status_code=200 if report.ok else 503)
 
     def window_verdict(at_text: str | None) -> JSONResponse:
         if at_text is None:
