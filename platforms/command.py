@@ -10,7 +10,9 @@ command as environment variables, never spliced into the command text:
     RECESS_WEIGHT_BLUE/_GREEN     shift: the two numbers on their own
 
 A non-zero exit is a failure: PlatformError names the command and its exit code, and carries the
-command's output. `status` prints JSON, see `parse_status`. The contract is in docs/blue-green.md.
+command's output. Each command runs in a session of its own (platforms.hooks.run_hook): when it
+runs out of time its whole process group is killed, so nothing it started can still act later,
+and the error says so. `status` prints JSON, see `parse_status`. The contract is in docs/blue-green.md.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from platforms.base import (
     checked_weights,
     format_weights,
 )
+from platforms.hooks import GROUP_KILLED, HookResult, run_hook, seconds
 
 if TYPE_CHECKING:
     from commands.config import Service
@@ -96,8 +97,9 @@ class CommandPlatform:
                 return Health(ok=True, detail=f"no health command; status shows {state.version} in {slot}")
             return Health(ok=False, detail=f"no health command; status shows nothing running in {slot}")
         ran = self._exec(self.commands.health, {"RECESS_SLOT": slot}, timeout=self.status_timeout)
-        if ran.code is None:
-            return Health(ok=False, detail=f"health command timed out after {self.status_timeout:.0f} s")
+        if ran.timed_out:
+            return Health(ok=False, detail=f"health command timed out after {seconds(self.status_timeout)}; "
+                                           f"{GROUP_KILLED}")
         return Health(ok=ran.code == 0, detail=_last_lines(ran.output) or f"exit code {ran.code}")
 
     def shift(self, weights: Mapping[str, int]) -> None:
@@ -114,9 +116,10 @@ class CommandPlatform:
             return Result(ok=True, output="no migrate command")
         extra = {**dict(env), "RECESS_SLOT": slot, "RECESS_VERSION": version}
         ran = self._exec(self.commands.migrate, extra, timeout=self.migrate_timeout)
-        if ran.code is None:
-            return Result(ok=False, output=ran.output + f"\n(timed out after {self.migrate_timeout} s)")
-        return Result(ok=ran.code == 0, output=ran.output, exit_code=ran.code)
+        if ran.timed_out:
+            return Result(ok=False, output=_trim(ran.output) + f"\n(migrate command timed out after "
+                                                               f"{seconds(self.migrate_timeout)}; {GROUP_KILLED})")
+        return Result(ok=ran.code == 0, output=_trim(ran.output), exit_code=ran.code)
 
     def base_url(self, slot: str) -> str:
         """The slot's URL when `status` reports one in "urls", else ""."""
@@ -140,43 +143,23 @@ class CommandPlatform:
     def _env(self, extra: Mapping[str, str]) -> dict[str, str]:
         return {**os.environ, "RECESS_SERVICE": self.service, "RECESS_ENV": self.env, **dict(extra)}
 
-    def _exec(self, command: str, extra: Mapping[str, str], timeout: float | None) -> _Ran:
+    def _exec(self, command: str, extra: Mapping[str, str], timeout: float | None) -> HookResult:
         try:
-            done = subprocess.run(
-                command,
-                shell=True,
-                cwd=self.workdir,
-                env=self._env(extra),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            return _Ran(None, _text(exc.stdout), _text(exc.stderr))
+            return run_hook(command, cwd=self.workdir, env=self._env(extra), timeout=timeout)
         except OSError as exc:
             raise PlatformError(f"cannot run {command!r}: {exc}") from None
-        return _Ran(done.returncode, _text(done.stdout), _text(done.stderr))
 
     def _run(self, what: str, command: str, extra: Mapping[str, str], timeout: float | None = None) -> str:
         """Runs an operation's command; returns its stdout, raises PlatformError unless it exits 0."""
         limit = self.timeout if timeout is None else timeout
         ran = self._exec(command, extra, timeout=limit)
-        if ran.code is None:
-            raise PlatformError(f"{what} command {command!r} timed out after {limit:.0f} s", output=ran.output)
+        if ran.timed_out:
+            raise PlatformError(f"{what} command {command!r} timed out after {seconds(limit)}; {GROUP_KILLED}",
+                                output=_trim(ran.output))
         if ran.code != 0:
-            raise PlatformError(f"{what} command {command!r} failed with exit code {ran.code}", output=ran.output)
+            raise PlatformError(f"{what} command {command!r} failed with exit code {ran.code}",
+                                output=_trim(ran.output))
         return ran.stdout
-
-
-@dataclass(frozen=True)
-class _Ran:
-    code: int | None  # None: the command ran out of time and was killed
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return _trim(self.stdout + self.stderr)
 
 
 def parse_status(output: str, command: str = "status") -> Traffic:
@@ -218,12 +201,6 @@ def parse_status(output: str, command: str = "status") -> Traffic:
 def _check_slot(slot: str) -> None:
     if slot not in SLOTS:
         raise PlatformError(f"unknown slot {slot!r}: expected blue or green")
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
 def _trim(output: str) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from platforms import CommandPlatform, LocalPlatform, PlatformError, make_platform
 from platforms.command import parse_status
+from platforms.hooks import run_hook
 from tests.platform_fixtures import HERE, command_config, local_config
 
 FAKE = f"{sys.executable} {HERE / 'fake_platform.py'}"
@@ -142,6 +145,68 @@ def test_a_hook_that_hangs_is_stopped_and_reported(tmp_path):
     platform = CommandPlatform("web", "production", cfg.services["web"], tmp_path, timeout=0.3)
     with pytest.raises(PlatformError, match="timed out after"):
         platform.start("green", "v2")
+
+
+# A shift hook that hands the real work to a background child, then hangs. The child writes its pid
+# at once, and only after a long nap would it "move traffic" (write the marker file).
+LINGERING_SHIFT = (
+    "sh -c 'echo $$ > child.pid; sleep 8; touch traffic-moved' & "
+    "while [ ! -s child.pid ]; do sleep 0.01; done; echo child started; sleep 60"
+)
+
+
+def _gone(pid: int) -> bool:
+    """True once the process no longer exists (a zombie counts as gone: it runs no code)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_until(condition, timeout: float = 30.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_timed_out_hooks_children_are_killed_with_it_and_never_move_traffic_later(tmp_path):
+    cfg = command_config(tmp_path, start="true", stop="true", shift=LINGERING_SHIFT, status="true")
+    platform = CommandPlatform("web", "production", cfg.services["web"], tmp_path, workdir=tmp_path, timeout=3)
+    with pytest.raises(PlatformError) as err:
+        platform.shift({"blue": 0, "green": 100})
+    assert f"shift command {LINGERING_SHIFT!r} timed out after 3 s; its process group was killed" == str(err.value)
+    assert "child started" in err.value.output  # what it printed before the kill is kept
+    child = int((tmp_path / "child.pid").read_text())
+    # Wait for the child to be gone (it is, at once, when its group was killed; left alone it
+    # would live 8 s and write the marker on its way out), then the marker can never appear.
+    assert _wait_until(lambda: _gone(child)), f"the hook's child {child} is still running"
+    assert not (tmp_path / "traffic-moved").exists()
+
+
+def test_a_hook_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    result = run_hook("trap '' TERM; echo stubborn; sleep 60 & wait; sleep 60", cwd=tmp_path, env=None,
+                      timeout=0.5, grace=0.2)
+    code, stdout, _ = result
+    assert code is None and result.timed_out
+    assert stdout == "stubborn\n"
+
+
+def test_run_hook_gives_the_exit_code_and_both_outputs(tmp_path):
+    result = run_hook("echo out; echo err >&2; exit 3", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, timeout=30)
+    assert result == (3, "out\n", "err\n")
+    assert not result.timed_out and result.output == "out\nerr\n"
+
+
+def test_a_health_hook_that_times_out_is_unhealthy_and_says_its_group_was_killed(tmp_path):
+    cfg = command_config(tmp_path, start="true", stop="true", shift="true", status="true", health="sleep 60")
+    platform = CommandPlatform("web", "production", cfg.services["web"], tmp_path, status_timeout=0.3)
+    health = platform.health("green")
+    assert not health.ok
+    assert health.detail == "health command timed out after 0.3 s; its process group was killed"
 
 
 def test_base_url_comes_from_status_urls_when_given(tmp_path):
