@@ -5,7 +5,7 @@ command as environment variables, never spliced into the command text:
 
     RECESS_SERVICE, RECESS_ENV    always
     RECESS_SLOT                   start, stop, health, migrate
-    RECESS_VERSION                start, migrate (and health, when known)
+    RECESS_VERSION                start, migrate, and stop when told which version to stop
     RECESS_WEIGHTS                shift: "blue=0,green=100"
     RECESS_WEIGHT_BLUE/_GREEN     shift: the two numbers on their own
 
@@ -81,9 +81,16 @@ class CommandPlatform:
         _check_slot(slot)
         self._run("start", self.commands.start, {"RECESS_SLOT": slot, "RECESS_VERSION": version})
 
-    def stop(self, slot: str) -> None:
+    def stop(self, slot: str, version: str | None = None) -> None:
+        """Stops the slot; with `version`, only when `status` shows that version (or nothing) there."""
         _check_slot(slot)
-        self._run("stop", self.commands.stop, {"RECESS_SLOT": slot})
+        extra = {"RECESS_SLOT": slot}
+        if version is not None:
+            state = self.status().slot(slot)
+            if state.running and state.version is not None and state.version != version:
+                raise PlatformError(f"slot {slot} runs {state.version}, not {version}: not stopping it")
+            extra["RECESS_VERSION"] = version
+        self._run("stop", self.commands.stop, extra)
 
     def health(self, slot: str) -> Health:
         _check_slot(slot)

@@ -78,6 +78,17 @@ def test_a_failing_hook_names_the_command_and_exit_code_and_keeps_its_output(scr
     assert "start went wrong on purpose" in err.value.output
 
 
+def test_stop_with_a_version_refuses_a_slot_that_runs_another(scripted):
+    scripted.start("blue", "v1")
+    with pytest.raises(PlatformError, match="slot blue runs v1, not v2: not stopping it"):
+        scripted.stop("blue", "v2")
+    assert scripted.status().slot("blue").running
+    scripted.stop("blue", "v1")
+    assert not scripted.status().slot("blue").running
+    stops = [c for c in scripted.calls() if c["op"] == "stop"]
+    assert [c["env"]["RECESS_VERSION"] for c in stops] == ["v1"]  # the refused stop never ran
+
+
 def test_health_is_the_health_hooks_exit_code(scripted):
     assert not scripted.health("green").ok
     scripted.start("green", "v2")
