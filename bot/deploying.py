@@ -79,11 +79,18 @@ def attach_deployer(rt: Runtime) -> Deployer:
     def on_start(rt: Runtime) -> None:
         from commands.recovery import recover_all
 
+        deployer.watch_routers()  # a router that died while recess was down comes back first
         recover_all(deployer)
         deployer.rearm()
         deployer.rearm_retirements()
         rt.scheduler.add_job(lambda: rt.submit(deployer.run_due), "interval", seconds=30, id="queue-sweep", replace_existing=True)
         rt.scheduler.add_job(lambda: rt.submit(deployer.retire_due), "interval", seconds=30, id="retire-sweep", replace_existing=True)
+        # The watchdogs: dead routers every few seconds, deploys no one drives every 30 s. The
+        # router check reads /proc only, so it costs nothing while HAProxy lives.
+        rt.scheduler.add_job(deployer.watch_routers, "interval", seconds=rt.extras.get("router_watch_seconds", 3),
+                             id="router-watchdog", replace_existing=True, max_instances=1)
+        rt.scheduler.add_job(lambda: rt.submit(deployer.watch_deploys), "interval", seconds=30, id="deploy-watchdog",
+                             replace_existing=True)
 
     rt.extras.setdefault("on_start", []).append(on_start)
     return deployer

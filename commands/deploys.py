@@ -1,7 +1,9 @@
 """Deploy requests, approvals and the window queue: everything between `/deploy` and the pipeline.
 
 A deploy moves `pending -> approved -> queued -> running -> succeeded | failed | rolled_back`,
-or ends `rejected` / `cancelled`. Each move is one conditional update (storage.deploys.transition),
+or ends `rejected` / `cancelled`; a running deploy whose traffic recess could not bring to a known
+good state becomes `needs_attention` (it keeps the service held until a person, or the deploy
+watchdog, sees one healthy slot serving). Each move is one conditional update (storage.deploys.transition),
 so double clicks and Slack retries act once. Cards, thread lines and history are derived from the
 stored rows. No Slack imports: what should be said goes through a Notifier.
 """
@@ -12,6 +14,7 @@ import datetime as dt
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,35 +22,18 @@ from typing import Any, Protocol
 from commands.config import Config, format_duration
 from commands.freezes import current_calendar
 from commands.policy import Policy
-from platforms.base import Platform
+from commands.states import ATTENTION, TERMINAL, TRANSITIONS, move
+from commands.traffic import TrafficDoor
+from platforms.base import Platform, format_weights
 from storage import audit
 from storage import deploys as rows
 from storage.db import Store
 
 log = logging.getLogger("recess.deploys")
 
+__all__ = ["ATTENTION", "TERMINAL", "TRANSITIONS", "DeployError", "Deployer", "HeldError", "Notifier", "move"]
+
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
-
-# The deploy state machine, as data: which statuses each status may move to.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "pending": ("approved", "queued", "running", "rejected", "cancelled"),
-    "approved": ("queued", "running", "cancelled"),
-    "queued": ("queued", "running", "cancelled"),
-    "running": ("succeeded", "failed", "rolled_back"),
-    "succeeded": ("rolled_back",),
-}
-
-
-def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, **values: Any) -> bool:
-    """Applies one transition of TRANSITIONS as a conditional update; True when this call made it."""
-    froms = (from_,) if isinstance(from_, str) else tuple(from_)
-    for f in froms:
-        if to not in TRANSITIONS.get(f, ()):
-            raise ValueError(f"the deploy state machine has no transition {f} -> {to}")
-    return rows.transition(store, deploy_id, froms, to, **values)
-
-
 class DeployError(ValueError):
     """A refused request or click; the message is shown to the user (ephemeral) and nothing changed."""
 
@@ -83,7 +69,27 @@ class Deployer:
     run_async: Callable[[Callable[[], None]], None]
     arm: Callable[[str, dt.datetime, Callable[[], None]], None] = lambda job_id, at, fn: None
     sleep: Callable[[float], None] = field(default=lambda s: threading.Event().wait(s))
+    monotonic: Callable[[], float] = time.monotonic
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Deploys whose pipeline (or rollback) runs in this process now; the deploy watchdog recovers
+    # every other `running` deploy, since no one is driving it.
+    running_here: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # Late-bound sleep and clock: tests replace them on the Deployer after construction.
+        self.traffic = TrafficDoor(
+            self.platform_for,
+            in_use=lambda service, env, owner: [
+                r for r in rows.others_active(self.store, service, env, owner or 0) if r["status"] in ("running", ATTENTION)
+            ],
+            sleep=lambda s: self.sleep(s),
+            monotonic=lambda: self.monotonic(),
+        )
+
+    def persist(self, fn: Callable[[], Any]) -> Any:
+        """A write the pipeline, rollback or recovery must not lose: retried while another process
+        holds the database's write lock (storage.db.Store.retrying)."""
+        return self.store.retrying(fn, sleep=self.sleep, clock=self.monotonic)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -322,6 +328,7 @@ class Deployer:
                         self.notify.thread(deploy_id, ":hourglass: Queued until the last school's day ends.")
                 return
         if move(self.store, deploy_id, ("approved", "queued"), "running", started_at=now):
+            self.running_here.add(deploy_id)  # before the hand-off: the watchdog must not recover it
             self.notify.update_card(deploy_id)
             self.run_async(lambda: self.run_pipeline(deploy_id))
 
@@ -355,29 +362,31 @@ class Deployer:
             self.retire_blue(d)
 
     def retire_blue(self, d: dict[str, Any]) -> None:
+        """Stops the kept slot through the door, which re-checks everything under the service's
+        lock: a rollback that flipped traffic onto it in the meantime wins, and the slot stays."""
+        from commands.traffic import TrafficRefused
+
         kept_slot = d["blue_slot"]
         if not kept_slot:
             rows.update(self.store, d["id"], blue_retired=1)
             return
-        if rows.others_active(self.store, d["service"], d["env"], d["id"]):
+        if [r for r in rows.others_active(self.store, d["service"], d["env"], d["id"]) if r["status"] != "pending"]:
             return  # a deploy or rollback is using the slots now: the 30 s sweep tries again later
-        platform = self.platform_for(d["service"], d["env"])
         try:
-            state = platform.status().slot(kept_slot)
-        except Exception as exc:
-            log.warning("deploy %s: cannot read the platform to retire blue: %s", d["id"], exc)
-            return  # the sweep tries again
-        if state.weight > 0:
-            return  # it serves (a rollback moved traffic back): never stop a serving slot
-        gone = not state.running or state.version != d["blue_version"]
-        cur = self.store.execute("UPDATE deploys SET blue_retired = 1 WHERE id = ? AND blue_retired = 0", (d["id"],))
-        if cur.rowcount != 1 or gone:
-            return  # someone else retired it, or the slot now holds something else: leave it alone
-        try:
-            platform.drain(kept_slot, timeout=30)
-            platform.stop(kept_slot)
+            done = self.traffic.stop(d["service"], d["env"], kept_slot, d["blue_version"], owner=d["id"], drain_timeout=30)
+        except TrafficRefused as exc:
+            if exc.kind in ("other_version", "not_running"):
+                self.persist(lambda: rows.update(self.store, d["id"], blue_retired=1))  # the slot moved on
+            else:
+                log.info("deploy %s: blue not retired yet: %s", d["id"], exc)  # serving, in use, router down
+            return
         except Exception as exc:  # the platform is away: say so, the next deploy replaces the slot anyway
+            log.warning("deploy %s: cannot retire blue: %s", d["id"], exc)
             self.notify.thread(d["id"], f":warning: Could not retire blue ({d['blue_version']}): {exc}")
+            return
+        cur = self.persist(lambda: self.store.execute(
+            "UPDATE deploys SET blue_retired = 1 WHERE id = ? AND blue_retired = 0", (d["id"],)))
+        if cur.rowcount != 1 or "already stopped" in done:
             return
         audit.record(self.store, actor="recess", command="scheduler", action="blue.retire", target=f"deploy:{d['id']}",
                      before={"slot": kept_slot, "version": d["blue_version"]}, after=None)
@@ -389,6 +398,51 @@ class Deployer:
         for d in rows.due_retirements(self.store):
             self.arm(f"retire-{d['id']}", d["blue_retire_at"], self.retire_due)
         self.retire_due()
+
+    # -- watchdogs ----------------------------------------------------------------------------
+
+    def watch_deploys(self) -> None:
+        """Every `running` deploy that no pipeline of this process drives (its thread died, or it
+        belonged to a process that is gone) is recovered; every `needs_attention` deploy is closed
+        once one healthy slot serves everything again."""
+        from commands.recovery import recover_all, resolve_attention
+
+        recover_all(self)
+        for row in rows.with_status(self.store, ATTENTION):
+            try:
+                resolve_attention(self, row)
+            except Exception:
+                log.exception("deploy %s: checking whether it still needs attention failed", row["id"])
+
+    def watch_routers(self) -> list[tuple[str, str, Any]]:
+        """Revives the dead router of any service (platforms that run one: local); tells the channel."""
+        revived = []
+        for service, spec in self.cfg.services.items():
+            if spec.platform != "local":
+                continue
+            for env in self.cfg.service_environments(service):
+                try:
+                    revival = self.traffic.revive_router(service, env)
+                except Exception:
+                    log.exception("%s/%s: the router watchdog failed", service, env)
+                    continue
+                if revival is None:
+                    continue
+                revived.append((service, env, revival))
+                listen = getattr(getattr(spec, "local", None), "listen", "its public address")
+                if revival.error:
+                    log.error("%s/%s: the router is dead and did not start again: %s", service, env, revival.error)
+                    self.notify.channel(f":rotating_light: The router of *{service}* in {env} is dead and could not be "
+                                        f"started again: {revival.error}. Every request to {listen} fails until it is.")
+                    continue
+                down = (f"down for at most {revival.down_for:.1f} s" if revival.down_for is not None
+                        else "down since before this recess process started")
+                log.warning("%s/%s: the router had died; restarted with weights %s (%s)", service, env,
+                            format_weights(revival.weights), down)
+                self.notify.channel(f":rotating_light: The router of *{service}* in {env} died and was restarted with "
+                                    f"the weights it had ({format_weights(revival.weights)}); the public address "
+                                    f"{listen} was {down}.")
+        return revived
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -4,21 +4,34 @@ start_green -> migrate -> health -> smoke -> shift (canary steps) -> bake -> don
 retired after `keep_blue`. Every step is stored before and after it runs, posts a thread reply with
 its duration, and updates the card. A failing step aborts: traffic stays on (or returns to) blue,
 green is stopped, the card turns red and the requester is mentioned.
+
+Every change of routing and slots goes through the deployer's TrafficDoor (commands/traffic.py).
+Whatever escapes a step, a final guard brings traffic to a known state and ends the deploy with
+the reason: no deploy stays `running` with no one driving it. A deploy that runs past its
+environment's `deploy_timeout` is aborted the same way. "Live" is said only after the public
+address answers through the router.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from commands.config import format_duration
-from commands.deploys import move
-from platforms.base import Platform, PlatformError, RouterStats, Traffic, other_slot
+from commands.states import ATTENTION, crash_point, move
+from commands.traffic import NeedsAttention, TrafficRefused
+from platforms.base import (
+    Health,
+    Platform,
+    PlatformError,
+    RouterStats,
+    Traffic,
+    format_weights,
+    other_slot,
+)
 from storage import audit
 from storage import deploys as rows
 
@@ -30,6 +43,8 @@ log = logging.getLogger("recess.pipeline")
 STEPS = ("start_green", "migrate", "health", "smoke", "shift", "bake")
 OUTPUT_LIMIT = 1500
 
+__all__ = ["STEPS", "AutoRollback", "DeployTimeout", "Pipeline", "StepFailed", "crash_point", "end_attention"]
+
 
 class StepFailed(Exception):
     def __init__(self, message: str, output: str = "") -> None:
@@ -38,22 +53,11 @@ class StepFailed(Exception):
 
 
 class AutoRollback(Exception):
-    """The bake watch saw green fail after traffic moved; traffic went back to blue."""
+    """The deploy was ended by someone else (the bake watch's rollback, a person, recovery)."""
 
 
-def crash_point(step: str, when: str) -> None:
-    """Fault injection for the crash-recovery tests and benchmark: RECESS_CRASH_AT=shift:after
-    SIGKILLs this process right after the router flip. Never set in production."""
-    target = os.environ.get("RECESS_CRASH_AT")
-    if target and target in (f"{step}:{when}", step if when == "during" else None):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def router_time(platform: Platform, call_seconds: float) -> float:
-    """How long traffic took to move: the router's own exchange when the driver measures it
-    (HAProxy's runtime API), else the whole shift call."""
-    exchange = getattr(platform, "last_router_call_seconds", None)
-    return exchange if isinstance(exchange, float) and 0 < exchange <= call_seconds else call_seconds
+class DeployTimeout(StepFailed):
+    """The deploy ran past its environment's deploy_timeout."""
 
 
 def tail(text: str, limit: int = OUTPUT_LIMIT) -> str:
@@ -65,10 +69,33 @@ def seconds(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s"
 
 
+def what_to_do(row: dict[str, Any]) -> str:
+    """The sentence a person reads when recess stopped guessing."""
+    return (f"A person needs to look now: check the router and both slots of {row['service']} in {row['env']} "
+            f"(`recess config check`, HAProxy's `show servers state`, the slot logs in the state directory). "
+            f"Once one healthy slot takes 100% of the traffic, recess notices within a minute and closes deploy "
+            f"#{row['id']}; until then the service stays held.")
+
+
+def end_attention(d: Deployer, row: dict[str, Any], saw: str, *, who: str = "") -> None:
+    """Ends a running deploy as `needs_attention`: the router is left as it is, the thread and the
+    channel say what recess saw and what to do."""
+    if not move(d.store, row["id"], "running", ATTENTION, finished_at=d.clock(), outcome=f"needs attention: {saw}"[:500]):
+        return
+    d.persist(lambda: audit.record(d.store, actor="recess", command="pipeline", action="deploy.needs_attention",
+                                   target=f"deploy:{row['id']}", after={"saw": saw}))
+    d.notify.update_card(row["id"])
+    mention = f"<@{row['requester']}> " if row.get("requester") else ""
+    d.notify.thread(row["id"], f":rotating_light: {mention}{who}deploy #{row['id']} of {row['service']} {row['version']} "
+                               f"*needs attention*: {saw}. recess left the traffic as it is. {what_to_do(row)}",
+                    broadcast=True)
+
+
 class Pipeline:
     def __init__(self, deployer: Deployer, deploy_id: int) -> None:
         self.d = deployer
         self.store = deployer.store
+        self.door = deployer.traffic
         self.id = deploy_id
         row = rows.get(self.store, deploy_id)
         assert row is not None
@@ -76,6 +103,9 @@ class Pipeline:
         self.svc = deployer.cfg.services[row["service"]]
         self.env = deployer.cfg.environments[row["env"]]
         self._platform: Platform | None = None
+        self.green_started: float | None = None  # monotonic instant green's start returned
+        started_at = row["started_at"] or deployer.clock()
+        self.deadline_at = started_at + self.env.deploy_timeout
 
     @property
     def platform(self) -> Platform:
@@ -83,34 +113,60 @@ class Pipeline:
             self._platform = self.d.platform_for(self.row["service"], self.row["env"])
         return self._platform
 
+    @property
+    def where(self) -> tuple[str, str]:
+        return self.row["service"], self.row["env"]
+
     def say(self, text: str, *, broadcast: bool = False) -> None:
         self.d.notify.thread(self.id, text, broadcast=broadcast)
+
+    def status(self) -> str:
+        return self.d.persist(lambda: rows.get(self.store, self.id))["status"]
+
+    def check_deadline(self) -> None:
+        if self.d.clock() >= self.deadline_at:
+            raise DeployTimeout(f"the deploy ran past its deploy_timeout of {format_duration(self.env.deploy_timeout)}")
 
     # -- running ------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Runs the deploy to its end. Nothing escapes: the final guard ends the deploy."""
         if self.row["status"] != "running":
             return
-        t0 = time.monotonic()
+        self.d.running_here.add(self.id)
         try:
-            traffic = self.platform.status()
+            self._run()
+        except Exception as exc:  # a store error, a bug: bring traffic to a known state and say so
+            log.exception("deploy %s: the pipeline failed outside a step", self.id)
+            self.guard(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.d.running_here.discard(self.id)
+
+    def _run(self) -> None:
+        t0 = self.d.monotonic()
+        try:
+            traffic = self.door.read(*self.where)
         except PlatformError as exc:
             self._fail_before_start(f"could not read the platform's state: {exc}", exc.output)
             return
+        unclear = self.unclear(traffic)
+        if unclear:
+            self._fail_before_start(unclear)
+            return
         blue = traffic.serving
         green = other_slot(blue) if blue else "blue"
-        rows.update(self.store, self.id, blue_slot=blue, green_slot=green,
-                    blue_version=traffic.slot(blue).version if blue else None)
-        self.row = rows.get(self.store, self.id)
+        self.d.persist(lambda: rows.update(self.store, self.id, blue_slot=blue, green_slot=green,
+                                           blue_version=traffic.slot(blue).version if blue else None))
+        self.row = self.d.persist(lambda: rows.get(self.store, self.id))
         r = self.row
         frm = f"{r['previous_version']} → " if r["previous_version"] else ""
         loud = f" :rotating_light: *--now override:* {r['now_reason']}" if r["now_reason"] else ""
         self.say(f":rocket: Deploy #{self.id} started: *{r['service']}* {frm}*{r['version']}* in {r['env']} "
                  f"(green = slot {green}).{loud}", broadcast=True)
         try:
-            self.step("start_green", lambda: self.start_green(green, traffic))
+            self.step("start_green", lambda: self.start_green(green))
             self.step("migrate", lambda: self.migrate(green))
-            self.step("health", lambda: self.wait_healthy(green, t0))
+            self.step("health", lambda: self.wait_healthy(green))
             self.step("smoke", lambda: self.smoke(green))
             self.step("shift", lambda: self.shift(blue, green))
             self.step("bake", lambda: self.bake(blue, green))
@@ -119,48 +175,62 @@ class Pipeline:
             return
         except AutoRollback:
             return
-        self.finish(time.monotonic() - t0)
+        self.finish(self.d.monotonic() - t0)
+
+    def unclear(self, traffic: Traffic) -> str | None:
+        """Why the router's state cannot be read as "blue serves, or nothing yet" (None when it can)."""
+        if traffic.split:
+            return (f"traffic is split {format_weights(traffic.weights)} outside a canary of this deploy; "
+                    f"recess does not guess which slot serves. Set one slot to 100 first")
+        if traffic.serving is None:
+            live = rows.live(self.store, *self.where)
+            if live is not None:
+                return (f"the router sends traffic to no slot although deploy #{live['id']} ({live['version']}) "
+                        f"is live; this is not a first deploy, so recess will not start in either slot")
+        return None
 
     def step(self, name: str, action: Callable[[], str | None]) -> None:
-        if rows.get(self.store, self.id)["status"] != "running":
+        if self.status() != "running":
             # Ended elsewhere (a rollback by hand, recovery): leave the slots as that left them.
             raise AutoRollback(f"the deploy was ended before {name}")
-        started = time.monotonic()
-        step_id = rows.start_step(self.store, self.id, name)
+        self.check_deadline()
+        started = self.d.monotonic()
+        step_id = self.d.persist(lambda: rows.start_step(self.store, self.id, name))
         self.d.notify.update_card(self.id)
         crash_point(name, "during")
         try:
             detail = action() or ""
             crash_point(name, "after")
         except StepFailed as exc:
-            rows.finish_step(self.store, step_id, "failed", tail(f"{exc}\n{exc.output}"))
-            self.say(f":x: *{name}* failed after {seconds(time.monotonic() - started)}: {exc}")
+            self._finish_step(step_id, "failed", tail(f"{exc}\n{exc.output}"))
+            self.say(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}")
             raise
         except AutoRollback as exc:
-            rows.finish_step(self.store, step_id, "failed", str(exc))
+            self._finish_step(step_id, "failed", str(exc))
             raise
         except PlatformError as exc:
-            rows.finish_step(self.store, step_id, "failed", tail(f"{exc}\n{exc.output}"))
-            self.say(f":x: *{name}* failed after {seconds(time.monotonic() - started)}: {exc}")
+            self._finish_step(step_id, "failed", tail(f"{exc}\n{exc.output}"))
+            self.say(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}")
             raise StepFailed(str(exc), exc.output) from exc
         except Exception as exc:
             log.exception("deploy %s: step %s crashed", self.id, name)
-            rows.finish_step(self.store, step_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._finish_step(step_id, "failed", f"{type(exc).__name__}: {exc}")
             self.say(f":x: *{name}* failed: {type(exc).__name__}: {exc}")
             raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
         status = "skipped" if detail.startswith("skipped") else "succeeded"
-        rows.finish_step(self.store, step_id, status, detail)
+        self._finish_step(step_id, status, detail)
         icon = ":fast_forward:" if status == "skipped" else ":white_check_mark:"
-        self.say(f"{icon} *{name}* {seconds(time.monotonic() - started)}{': ' + detail if detail else ''}")
+        self.say(f"{icon} *{name}* {seconds(self.d.monotonic() - started)}{': ' + detail if detail else ''}")
+
+    def _finish_step(self, step_id: int, status: str, detail: str) -> None:
+        self.d.persist(lambda: rows.finish_step(self.store, step_id, status, detail))
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def start_green(self, green: str, traffic: Traffic) -> str:
-        held = traffic.slot(green)
-        if held.running and held.version:
-            # The version kept from an earlier deploy gives way: drain it, then replace it.
-            self.platform.drain(green, timeout=10)
-        self.platform.start(green, self.row["version"])
+    def start_green(self, green: str) -> str:
+        # The version kept from an earlier deploy gives way: the door drains it, then replaces it.
+        self.door.start(*self.where, green, self.row["version"], owner=self.id)
+        self.green_started = self.d.monotonic()
         return f"{self.row['version']} started in slot {green}"
 
     def migrate(self, green: str) -> str:
@@ -180,24 +250,27 @@ class Pipeline:
         if pending:
             from storage import applied_migrations
 
-            applied_migrations.mark_applied(self.store, self.row["service"], self.row["env"], pending, self.id)
+            self.d.persist(lambda: applied_migrations.mark_applied(self.store, self.row["service"], self.row["env"],
+                                                                   pending, self.id))
         return run.summary
 
-    def wait_healthy(self, green: str, started: float) -> str:
+    def wait_healthy(self, green: str) -> str:
+        """Polls green until it answers 200; `health_timeout` counts from green's start."""
+        started = self.green_started if self.green_started is not None else self.d.monotonic()
         deadline = started + self.svc.health_timeout.total_seconds()
-        last = None
         polls = 0
         while True:
             polls += 1
             health = self.platform.health(green)
             if health.ok:
                 return f"{self.svc.health_path} answered 200 after {polls} poll(s)"
-            last = health
             if health.exited:
                 raise StepFailed(f"green exited before it was healthy ({health.detail})")
-            if time.monotonic() >= deadline:
-                status = f"HTTP {last.status}" if last.status else "no answer"
-                raise StepFailed(f"{self.svc.health_path} did not answer 200 within {format_duration(self.svc.health_timeout)} (last: {status} {last.detail})")
+            if self.d.monotonic() >= deadline:
+                status = f"HTTP {health.status}" if health.status else "no answer"
+                raise StepFailed(f"{self.svc.health_path} did not answer 200 within {format_duration(self.svc.health_timeout)} "
+                                 f"of green's start (last: {status} {health.detail})")
+            self.check_deadline()
             self.d.sleep(0.2)
 
     def smoke(self, green: str) -> str:
@@ -215,46 +288,51 @@ class Pipeline:
         return "smoke test passed"
 
     def shift(self, blue: str | None, green: str) -> str:
-        steps = list(self.row.get("canary") or [])
+        version = self.row["version"]
         notes = []
-        for pct in steps:
+        for pct in list(self.row.get("canary") or []):
             if blue is None:
                 break
-            self.platform.shift({blue: 100 - pct, green: pct})
-            self.say(f":large_blue_circle: canary: {pct}% of traffic on {self.row['version']}")
+            self.door.route(*self.where, to=green, version=version, pct=pct, owner=self.id)
+            self.say(f":large_blue_circle: canary: {pct}% of traffic on {version}")
             self.d.sleep(self.env.canary_pause.total_seconds())
             health = self.platform.health(green)
             if not health.ok:
                 raise StepFailed(f"green failed its health check at {pct}% ({health.detail or health.status})")
             notes.append(f"{pct}%")
-        weights = {green: 100, other_slot(green): 0}
-        t = time.perf_counter()
-        self.platform.shift(weights)
-        call = time.perf_counter() - t
-        flip = router_time(self.platform, call)
-        rows.update(self.store, self.id, traffic_at=self.d.clock())
-        audit.record(self.store, actor="recess", command="pipeline", action="traffic.shift", target=f"deploy:{self.id}",
-                     before={"slot": blue}, after={"slot": green, "version": self.row["version"]})
+        flip = self.door.route(*self.where, to=green, version=version, owner=self.id)
+        now = self.d.clock()
+        self.d.persist(lambda: rows.update(self.store, self.id, traffic_at=now))
+        self.d.persist(lambda: audit.record(self.store, actor="recess", command="pipeline", action="traffic.shift",
+                                            target=f"deploy:{self.id}", before={"slot": blue},
+                                            after={"slot": green, "version": version}))
         via = f" via {' → '.join(notes)}" if notes else ""
-        return f"100% of traffic on {self.row['version']}{via} (router flip {flip * 1000:.1f} ms, shift call {call * 1000:.1f} ms)"
+        return (f"100% of traffic on {version}{via} (router flip {flip.router_seconds * 1000:.1f} ms, "
+                f"shift call {flip.call_seconds * 1000:.1f} ms)")
 
     def bake(self, blue: str | None, green: str) -> str:
-        """Watches green after the switch; a failing health check or too many 5xx roll back on their own."""
+        """Watches green, and the public address through the router, after the switch. A failing
+        health check, too many 5xx, or a public address that stops answering roll back on their own."""
         bake = self.env.bake_time.total_seconds()
         if bake <= 0:
             return "skipped: bake_time is 0"
         baseline = self._stats(green) or RouterStats()
-        deadline = time.monotonic() + bake
-        failures = 0
-        while time.monotonic() < deadline:
-            self.d.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-            if rows.get(self.store, self.id)["status"] != "running":
+        deadline = self.d.monotonic() + bake
+        failures = public_failures = 0
+        while self.d.monotonic() < deadline:
+            self.d.sleep(min(1.0, max(0.05, deadline - self.d.monotonic())))
+            if self.status() != "running":
                 raise AutoRollback("rolled back by hand during the bake")
+            self.check_deadline()
             health = self.platform.health(green)
             failures = 0 if health.ok else failures + 1
+            public = self.door.probe_public(*self.where)
+            public_failures = 0 if public is None or public.ok else public_failures + 1
             reason = None
             if failures >= 2 or health.exited:
                 reason = f"green's health check failed ({health.status or health.detail})"
+            elif public_failures >= 2:
+                reason = self._public_reason(public)
             else:
                 stats = self._stats(green)
                 if stats:
@@ -263,11 +341,19 @@ class Pipeline:
                     if req >= 20 and bad / req > self.env.max_5xx_ratio:
                         reason = f"{bad} of {req} requests to green failed ({bad / req:.0%} > {self.env.max_5xx_ratio:.0%})"
             if reason:
-                from commands.rollback import auto_rollback
-
-                auto_rollback(self.d, self.id, reason)
+                self.roll_back_on_its_own(reason)
                 raise AutoRollback(reason)
-        return f"green stayed healthy for {format_duration(self.env.bake_time)}"
+        return f"green and the public address stayed healthy for {format_duration(self.env.bake_time)}"
+
+    def _public_reason(self, public: Health | None) -> str:
+        try:
+            router_up = self.platform.status().router_up
+        except PlatformError:
+            router_up = False
+        detail = public.detail if public else "no answer"
+        if not router_up:
+            return f"the router died: the public address does not answer ({detail})"
+        return f"the public address does not answer through the router ({detail})"
 
     def _stats(self, green: str) -> Any:
         try:
@@ -278,73 +364,119 @@ class Pipeline:
     def resume_bake(self) -> None:
         """After a restart during `bake`: watch green again for the whole bake time, then finish."""
         r = self.row
+        self.d.running_here.add(self.id)
         try:
-            self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
-        except StepFailed as exc:
-            self.abort(r["blue_slot"], r["green_slot"], exc)
-            return
-        except AutoRollback:
-            return
-        started = r["started_at"] or self.d.clock()
-        self.finish((self.d.clock() - started).total_seconds())
+            try:
+                self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
+            except StepFailed as exc:
+                self.abort(r["blue_slot"], r["green_slot"], exc)
+                return
+            except AutoRollback:
+                return
+            started = r["started_at"] or self.d.clock()
+            self.finish((self.d.clock() - started).total_seconds())
+        except Exception as exc:
+            log.exception("deploy %s: the resumed bake failed outside a step", self.id)
+            self.guard(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.d.running_here.discard(self.id)
 
     # -- endings ------------------------------------------------------------------------------
 
     def finish(self, took: float) -> None:
+        r = self.row
+        public = self.door.probe_public(*self.where, probes=3)
+        if public is not None and not public.ok:
+            # Never "live" while the public address refuses connections.
+            reason = self._public_reason(public)
+            self.roll_back_on_its_own(reason)
+            return
         now = self.d.clock()
         retire_at = now + self.env.keep_blue
-        r = self.row
         if not move(self.store, self.id, "running", "succeeded", finished_at=now, blue_retire_at=retire_at,
-                               outcome=f"{r['version']} live in {seconds(took)}"):
+                    outcome=f"{r['version']} live in {seconds(took)}"):
             return
         if r["kind"] == "rollback" and r["rollback_of"]:
             move(self.store, r["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {r['version']}")
         # Earlier deploys' kept versions are gone now (this deploy replaced the slot).
-        self.store.execute(
+        self.d.persist(lambda: self.store.execute(
             "UPDATE deploys SET blue_retired = 1 WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0",
             (r["service"], r["env"], self.id),
-        )
-        audit.record(self.store, actor="recess", command="pipeline", action="deploy.succeeded", target=f"deploy:{self.id}",
-                     before={"version": r["previous_version"]}, after={"version": r["version"]})
+        ))
+        self.d.persist(lambda: audit.record(self.store, actor="recess", command="pipeline", action="deploy.succeeded",
+                                            target=f"deploy:{self.id}", before={"version": r["previous_version"]},
+                                            after={"version": r["version"]}))
         self.d.arm(f"retire-{self.id}", retire_at, self.d.retire_due)
         self.d.notify.update_card(self.id)
         blue_note = (f" Blue ({r['blue_version']}) is kept for rollback until {retire_at:%H:%M} UTC."
                      if r["blue_slot"] and r["blue_version"] else "")
-        self.d.notify.thread(self.id, f":tada: *{r['service']} {r['version']}* is live in {r['env']} after {seconds(took)}.{blue_note}",
-                             broadcast=True, offer_rollback=bool(blue_note))
+        checked = " The public address answers." if public is not None else ""
+        self.d.notify.thread(self.id, f":tada: *{r['service']} {r['version']}* is live in {r['env']} after {seconds(took)}."
+                                      f"{checked}{blue_note}", broadcast=True, offer_rollback=bool(blue_note))
 
-    def restore_blue(self, blue: str | None, green: str) -> str:
-        """Traffic back to blue (or to nothing on a first deploy) and green stopped; says what it did."""
-        notes = []
+    def roll_back_on_its_own(self, reason: str) -> None:
+        """After the switch, green (or the router) failed: traffic back to blue where blue can
+        serve, else the deploy needs attention. The router is revived first if it died."""
+        r = self.row
         try:
-            if blue is not None:
-                self.platform.shift({blue: 100, green: 0})
-                notes.append(f"traffic on blue ({self.row.get('blue_version')})")
-            else:
-                self.platform.shift({"blue": 0, "green": 0})
-                notes.append("nothing serving (first deploy)")
+            self.door.revive_router(*self.where)
         except PlatformError as exc:
-            notes.append(f"could not route traffic: {exc}")
+            log.warning("deploy %s: could not revive the router: %s", self.id, exc)
         try:
-            self.platform.drain(green, timeout=5)  # requests already on green finish first
-            self.platform.stop(green)
-            notes.append("green stopped")
-        except PlatformError as exc:
-            notes.append(f"could not stop green: {exc}")
-        return ", ".join(notes)
+            restored = self.door.back_to(*self.where, blue=r["blue_slot"], blue_version=r["blue_version"],
+                                         green=r["green_slot"], green_version=r["version"], owner=self.id, probes=3)
+        except PlatformError as exc:  # NeedsAttention, or the router still down
+            end_attention(self.d, r, f"{reason}; and {exc}")
+            return
+        if not move(self.store, self.id, "running", "rolled_back", finished_at=self.d.clock(),
+                    outcome=f"automatically rolled back: {reason}"[:500]):
+            return
+        self.d.persist(lambda: audit.record(self.store, actor="recess", command="bake", action="rollback.auto",
+                                            target=f"deploy:{self.id}", before={"version": r["version"]},
+                                            after={"version": r["blue_version"], "reason": reason}))
+        self.d.notify.update_card(self.id)
+        self.say(f":rotating_light: <@{r['requester']}> *automatic rollback* of {r['service']} {r['version']}: "
+                 f"{reason}. {restored.text.capitalize()}.", broadcast=True)
 
     def abort(self, blue: str | None, green: str, exc: StepFailed) -> None:
-        restored = self.restore_blue(blue, green)
+        """A step failed: blue keeps (or gets back) the traffic and green is stopped, through the door."""
+        try:
+            restored = self.door.back_to(*self.where, blue=blue, blue_version=self.row.get("blue_version"), green=green,
+                                         green_version=self.row["version"], owner=self.id, probes=3)
+        except (NeedsAttention, TrafficRefused, PlatformError) as problem:
+            end_attention(self.d, self.row, f"{exc}; and {problem}")
+            return
+        self._end_failed(exc, restored.text)
+
+    def guard(self, reason: str) -> None:
+        """The final guard: whatever escaped, traffic ends in a known state and the deploy ends."""
+        try:
+            row = self.d.persist(lambda: rows.get(self.store, self.id))
+            if row is None or row["status"] != "running":
+                return
+            self.row = row
+            if row["green_slot"] is None:
+                self._fail_before_start(f"the pipeline failed: {reason}")
+                return
+            self.abort(row["blue_slot"], row["green_slot"], StepFailed(f"the pipeline failed: {reason}"))
+        except Exception:
+            # Even the guard could not finish (the store is away for longer than the retries):
+            # the deploy watchdog recovers the deploy once this thread has let go of it.
+            log.exception("deploy %s: the final guard could not end the deploy; the watchdog will recover it", self.id)
+
+    def _end_failed(self, exc: StepFailed, restored: str) -> None:
         now = self.d.clock()
-        move(self.store, self.id, "running", "failed", finished_at=now, outcome=f"{exc}"[:500])
-        audit.record(self.store, actor="recess", command="pipeline", action="deploy.failed", target=f"deploy:{self.id}",
-                     after={"reason": str(exc), "restored": restored})
+        if not move(self.store, self.id, "running", "failed", finished_at=now, outcome=f"{exc}"[:500]):
+            return
+        self.d.persist(lambda: audit.record(self.store, actor="recess", command="pipeline", action="deploy.failed",
+                                            target=f"deploy:{self.id}", after={"reason": str(exc), "restored": restored}))
         self.d.notify.update_card(self.id)
         out = f"\n```{tail(exc.output, 1200)}```" if exc.output.strip() else ""
         self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} of {self.row['version']} failed: {exc}. "
-                 f"{restored.capitalize()}.{out}", broadcast=True)
+                 f"{restored[:1].upper() + restored[1:]}.{out}", broadcast=True)
 
     def _fail_before_start(self, message: str, output: str = "") -> None:
-        move(self.store, self.id, "running", "failed", finished_at=self.d.clock(), outcome=message[:500])
+        if not move(self.store, self.id, "running", "failed", finished_at=self.d.clock(), outcome=message[:500]):
+            return
         self.d.notify.update_card(self.id)
         self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} failed before it started: {message}", broadcast=True)

@@ -1,9 +1,11 @@
 """Rollback: one router call back to the kept version while it lives, else a redeploy of it.
 
 A rollback is stored as a deploy row of kind 'rollback' that shares the card and thread of the
-deploy it undoes. While blue is alive: health-check it once, flip traffic in one call, keep the
-undone version in the other slot until `keep_blue` (so the rollback itself can be undone the same
-way). After blue was retired: the previous good version goes through the normal pipeline.
+deploy it undoes. While blue is alive: health-check it once, flip traffic in one call through the
+TrafficDoor (which checks again, under the service's lock, that blue still runs the version and is
+healthy), keep the undone version in the other slot until `keep_blue` (so the rollback itself can
+be undone the same way). After blue was retired: the previous good version goes through the
+normal pipeline.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from commands.deploys import DeployError, HeldError, move
-from commands.pipeline import crash_point, router_time
+from commands.deploys import DeployError, HeldError
+from commands.states import crash_point, move
+from commands.traffic import TrafficRefused
 from platforms.base import PlatformError, other_slot
 from storage import audit
 from storage import deploys as rows
@@ -97,6 +100,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             blue_slot=serving if p.blue_alive else None, green_slot=p.blue_slot if p.blue_alive else None,
             blue_version=p.current if p.blue_alive else None,
         )
+        d.running_here.add(rb_id)  # this click (or the pipeline it starts) drives it: the watchdog leaves it alone
         audit.record(d.store, actor=actor, command="/rollback", action="rollback.start", target=f"deploy:{live_id}",
                      before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive})
     if p.blue_alive:
@@ -106,6 +110,9 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"platform: {exc}"[:500])
             d.notify.thread(live_id, f":red_circle: Rollback failed: {exc}. Check the traffic by hand.", broadcast=True)
             raise DeployError(f"the rollback failed: {exc}") from exc
+        finally:
+            if rows.get(d.store, rb_id)["status"] != "running":  # else handed to the pipeline, which holds it
+                d.running_here.discard(rb_id)
     else:
         d.notify.thread(live_id, f":leftwards_arrow_with_hook: <@{actor}> is rolling back to {p.target}; blue was retired, "
                                  f"so {p.target} is redeployed through the pipeline.", broadcast=True)
@@ -117,7 +124,7 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     platform = d.platform_for(live["service"], live["env"])
     blue = p.blue_slot
     green = other_slot(blue)
-    health = platform.health(blue)
+    health = d.traffic.probe(platform, blue)
     if not health.ok and baking(live):
         move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
         d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
@@ -126,17 +133,20 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     if not health.ok:
         d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
                                     f"redeploying {p.target} through the pipeline instead.", broadcast=True)
+        d.running_here.add(rb_id)
         d.run_async(lambda: d.run_pipeline(rb_id))
         return
-    t = time.perf_counter()
     try:
-        platform.shift({blue: 100, green: 0})
+        flip = d.traffic.route(live["service"], live["env"], to=blue, version=p.target, owner=rb_id).router_seconds
         crash_point("rollback", "after")
+    except TrafficRefused as exc:
+        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"refused: {exc}"[:500])
+        d.notify.thread(live["id"], f":red_circle: Rollback refused: {exc}. Traffic is unchanged.", broadcast=True)
+        return
     except PlatformError as exc:
-        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}")
+        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"router: {exc}"[:500])
         d.notify.thread(live["id"], f":red_circle: Rollback failed: the router refused the flip ({exc}). Traffic is unchanged.", broadcast=True)
         return
-    flip = router_time(platform, time.perf_counter() - t)
     since_click = time.monotonic() - clicked_at
     now = d.clock()
     env = d.cfg.environments[live["env"]]
@@ -154,30 +164,3 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     d.notify.update_card(rb_id)
     d.notify.thread(rb_id, f":leftwards_arrow_with_hook: Rolled back: {outcome}. {p.current} stays in slot {green} "
                            f"until {now + env.keep_blue:%H:%M} UTC, so this can be undone the same way.", broadcast=True)
-
-
-def auto_rollback(d: Deployer, deploy_id: int, reason: str) -> None:
-    """Called by the bake watch: green failed after the switch; traffic goes back to blue at once."""
-    row = rows.get(d.store, deploy_id)
-    platform = d.platform_for(row["service"], row["env"])
-    blue, green = row["blue_slot"], row["green_slot"]
-    note = ""
-    t = time.perf_counter()
-    try:
-        if blue:
-            platform.shift({blue: 100, green: 0})
-            note = f"traffic back on {row['blue_version']} in {(time.perf_counter() - t) * 1000:.0f} ms"
-        else:
-            platform.shift({"blue": 0, "green": 0})
-            note = "nothing was serving before this deploy, so nothing serves now"
-        platform.drain(green, timeout=5)
-        platform.stop(green)
-    except PlatformError as exc:
-        note = f"the router or platform refused: {exc}"
-    move(d.store, deploy_id, "running", "rolled_back", finished_at=d.clock(),
-                    outcome=f"automatically rolled back: {reason}"[:500])
-    audit.record(d.store, actor="recess", command="bake", action="rollback.auto", target=f"deploy:{deploy_id}",
-                 before={"version": row["version"]}, after={"version": row["blue_version"], "reason": reason})
-    d.notify.update_card(deploy_id)
-    d.notify.thread(deploy_id, f":rotating_light: <@{row['requester']}> *automatic rollback* of {row['service']} {row['version']}: "
-                               f"{reason}. {note.capitalize()}.", broadcast=True)

@@ -124,7 +124,8 @@ class Platform(Protocol):
     def start(self, slot: str, version: str) -> None:
         """Start `version` in `slot` (stopping whatever ran there). Raises PlatformError."""
 
-    def stop(self, slot: str) -> None: ...
+    def stop(self, slot: str, version: str | None = None) -> None:
+        """Stop the slot; with `version`, refuse (PlatformError) when another version runs there."""
 
     def health(self, slot: str) -> Health:
         """One probe of the slot's health endpoint."""
@@ -142,3 +143,7 @@ class Platform(Protocol):
 
     def drain(self, slot: str, timeout: float) -> None:
         """Wait (up to `timeout` s) until the router holds no session on the slot."""
+
+    # Optional, where the platform routes through a router recess runs (local, docker):
+    #   probe_public() -> Health         one request for the health path at the public address
+    #   watch_router() -> Revival | None revive a dead router with the weights it had

@@ -12,7 +12,8 @@ from typing import Any
 
 from storage.db import Store, iso, parse_iso, utcnow
 
-ACTIVE = ("pending", "approved", "queued", "running")
+# Statuses that hold the service: no other deploy of it in that environment may start meanwhile.
+ACTIVE = ("pending", "approved", "queued", "running", "needs_attention")
 _INSTANTS = ("created_at", "updated_at", "queued_until", "started_at", "finished_at", "blue_retire_at", "traffic_at")
 
 

@@ -17,6 +17,7 @@ class FakePlatform:
         self.calls: list[tuple] = []
         self.stats: dict[str, RouterStats] = {}
         self.health_after_shift_fails = False
+        self.router_up = True
         if live:
             self.versions["blue"], self.running["blue"], self.weights["blue"] = live, True, 100
 
@@ -26,6 +27,9 @@ class FakePlatform:
 
     def status(self) -> Traffic:
         self._maybe_fail("status")
+        if not self.router_up:  # what a driver reports when its router does not answer
+            return Traffic({s: SlotState(s, self.versions[s] if self.running[s] else None, self.running[s], 0) for s in SLOTS},
+                           router_up=False)
         return Traffic({s: SlotState(s, self.versions[s] if self.running[s] else None, self.running[s], self.weights[s]) for s in SLOTS})
 
     def start(self, slot: str, version: str) -> None:
@@ -33,8 +37,10 @@ class FakePlatform:
         self._maybe_fail("start")
         self.versions[slot], self.running[slot] = version, True
 
-    def stop(self, slot: str) -> None:
+    def stop(self, slot: str, version: str | None = None) -> None:
         self.calls.append(("stop", slot))
+        if version is not None and self.running[slot] and self.versions[slot] != version:
+            raise PlatformError(f"slot {slot} runs {self.versions[slot]}, not {version}")
         self.running[slot] = False
         self.versions[slot] = None
 
@@ -50,6 +56,8 @@ class FakePlatform:
     def shift(self, weights: Mapping[str, int]) -> None:
         self.calls.append(("shift", dict(weights)))
         self._maybe_fail("shift")
+        if not self.router_up:
+            raise PlatformError("the router does not answer")
         for s, w in weights.items():
             self.weights[s] = w
 
@@ -71,3 +79,23 @@ class FakePlatform:
     @property
     def serving(self) -> str | None:
         return self.status().serving
+
+
+class Ticker:
+    """A monotonic clock that moves only when something sleeps on it: loops that wait (health,
+    bake, retries) run at once in tests, and never spin on the real clock."""
+
+    def __init__(self, wall: object | None = None) -> None:
+        self.now = 1000.0
+        self.wall = wall  # a tests.harness.FakeClock to move along, if given
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, float(seconds))
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.wall is not None:
+            self.wall.advance(seconds=seconds)

@@ -13,7 +13,7 @@ from commands.recovery import recover_all
 from commands.rollback import plan, rollback
 from storage import deploys as rows
 from storage.db import Store
-from tests.fake_platform import FakePlatform
+from tests.fake_platform import FakePlatform, Ticker
 from tests.harness import (
     APPROVER_1,
     APPROVER_2,
@@ -55,10 +55,12 @@ def make(tmp_path):
         cfg = load_config(write_config(tmp_path, extra, base))
         fake = FakePlatform(live=live)
         armed: list = []
+        ticker = Ticker()
         d = Deployer(
             cfg=cfg, store=Store(cfg.database_path), policy=Policy(cfg), notify=Notes(),
             platform_for=lambda s, e: fake, clock=clock or FakeClock(AFTER_SCHOOL),
-            run_async=lambda fn: fn(), arm=lambda job, at, fn: armed.append((job, at)), sleep=lambda s: None,
+            run_async=lambda fn: fn(), arm=lambda job, at, fn: armed.append((job, at)), sleep=ticker.sleep,
+            monotonic=ticker,
         )
         if live:  # a first successful deploy of `live`, as history
             rows.insert(d.store, service="web", env="production", version=live, requester=ENGINEER, status="succeeded",
@@ -227,7 +229,7 @@ def test_decided_and_cancelled_requests_refuse_clicks(make):
 
 
 def test_bake_watch_rolls_back_when_green_turns_unhealthy_after_the_switch(make):
-    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "5s"', 1)
     d, fake, _ = make(base=base)
     fake.health_after_shift_fails = True
     result = deploy_and_approve(d)
@@ -241,7 +243,7 @@ def test_bake_watch_rolls_back_when_green_turns_unhealthy_after_the_switch(make)
 def test_bake_watch_rolls_back_on_a_5xx_ratio_above_the_threshold(make):
     from platforms.base import RouterStats
 
-    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "5s"', 1)
     d, fake, _ = make(base=base)
     original = fake.health
 
@@ -356,7 +358,7 @@ def test_recovery_never_runs_a_deploy_twice(make):
 
 
 def _killed_during_bake(make, **kw):  # noqa: ANN001, ANN003
-    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "1s"', 1)
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "5s"', 1)
     d, fake, _ = make(base=base, **kw)
     return d, fake, killed_at(d, fake, "bake", {"blue": 0, "green": 100}, traffic_at=AFTER_SCHOOL)
 
@@ -390,7 +392,10 @@ def test_a_person_can_roll_back_during_the_bake_without_waiting_for_it(make):
     d, fake, _ = make(base=base)
     clicks = []
 
+    ticker = d.sleep
+
     def sleep(seconds):  # noqa: ANN001
+        ticker(seconds)
         # The first pause of the bake watch: an engineer clicks Roll back (twice).
         if not clicks:
             row = rows.holder(d.store, "web", "production")
@@ -461,14 +466,20 @@ def test_a_slot_that_serves_again_is_never_retired(make):
     assert rows.get(d.store, deployed["id"])["blue_retired"] == 0  # tried again by the next sweep
 
 
-def test_a_failing_recovery_frees_the_service(make):
+def test_a_recovery_that_cannot_read_the_platform_leaves_traffic_alone_and_asks_for_a_person(make):
     d, fake, _ = make()
-    req = {"id": killed_at(d, fake, None)}
-    fake.fail["shift"] = "router refused"
+    req = {"id": killed_at(d, fake, "health")}
+    fake.fail["status"] = "status command exploded"
     recover_all(d)
+    assert rows.get(d.store, req["id"])["status"] == "needs_attention"
+    assert not [c for c in fake.calls if c[0] in ("shift", "stop")]
+    assert "needs attention" in d.notify.text() and "A person needs to look now" in d.notify.text()
+    with pytest.raises(DeployError, match="needs_attention"):  # held until the traffic is known good
+        d.request(actor=ENGINEER, service="web", version="v3")
+    fake.fail.clear()  # the platform answers again: blue (v1) serves 100% and is healthy
+    d.watch_deploys()
     assert rows.get(d.store, req["id"])["status"] == "failed"
-    assert "check the service by hand" in d.notify.text()
-    fake.fail.clear()
+    assert "Resolved" in d.notify.text()
     assert d.request(actor=ENGINEER, service="web", version="v3")["status"] == "pending"
 
 

@@ -1,0 +1,47 @@
+"""The deploy state machine as data, and the one function that moves a deploy.
+
+Statuses are names and transitions are a table: every status change is one conditional update
+(`storage.deploys.transition`), so a double click, a Slack retry or a second runner changes nothing
+the second time. Cards, thread lines and history are derived from the stored status. The pipeline,
+rollback and recovery import this module, never one another's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from storage import deploys as rows
+from storage.db import Store
+
+TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
+ATTENTION = "needs_attention"
+
+# The deploy state machine, as data: which statuses each status may move to.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "pending": ("approved", "queued", "running", "rejected", "cancelled"),
+    "approved": ("queued", "running", "cancelled"),
+    "queued": ("queued", "running", "cancelled"),
+    "running": ("succeeded", "failed", "rolled_back", "needs_attention"),
+    "needs_attention": ("succeeded", "failed"),
+    "succeeded": ("rolled_back",),
+}
+
+
+def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, **values: Any) -> bool:
+    """Applies one transition of TRANSITIONS as a conditional update; True when this call made it."""
+    froms = (from_,) if isinstance(from_, str) else tuple(from_)
+    for f in froms:
+        if to not in TRANSITIONS.get(f, ()):
+            raise ValueError(f"the deploy state machine has no transition {f} -> {to}")
+    # Retried while another process holds the write lock: a lost status write is a stuck deploy.
+    return store.retrying(lambda: rows.transition(store, deploy_id, froms, to, **values))
+
+
+def crash_point(step: str, when: str) -> None:
+    """Fault injection for the crash-recovery tests and benchmark: RECESS_CRASH_AT=shift:after
+    SIGKILLs this process right after the router flip. Never set in production."""
+    target = os.environ.get("RECESS_CRASH_AT")
+    if target and target in (f"{step}:{when}", step if when == "during" else None):
+        os.kill(os.getpid(), signal.SIGKILL)
