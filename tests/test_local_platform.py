@@ -201,14 +201,18 @@ def test_killed_router_comes_back_with_the_live_weights(serving_v1, make_local):
     os.kill(old, signal.SIGKILL)
     assert wait_until(lambda: not platform.router_running())
 
-    fresh = make_local()
+    fresh = make_local()  # a new bot process: it reads the dead router as down, and leaves it to the watchdog
+    assert fresh.status().router_up is False
+    revival = fresh.watch_router()
+    assert revival is not None and revival.weights == {"blue": 0, "green": 100} and revival.error is None
     traffic = fresh.status()
     assert traffic.router_up
     assert router_pid(fresh) != old
     assert traffic.weights == {"blue": 0, "green": 100}
     assert {get(listen(fresh))[1] for _ in range(5)} == {"v2"}
     config = (fresh.state_dir / "haproxy.cfg").read_text()
-    assert "server green" in config and config.endswith("\n")
+    assert "server green" in config and "server-state-file" in config and config.endswith("\n")
+    assert fresh.watch_router() is None  # alive now: nothing to do
 
 
 @pytest.mark.e2e
@@ -443,4 +447,4 @@ def test_the_admin_socket_path_always_fits_haproxys_limit(tmp_path, depth):
     cfg = local_config(tmp_path)
     deep = tmp_path / ("d" * max(1, depth - len(str(tmp_path))))
     platform = LocalPlatform("web", "production", cfg.services["web"], deep)
-    assert len(str(platform._socket_path())) <= 97  # HAProxy refuses longer stats socket paths
+    assert len(str(platform.router.socket_path())) <= 97  # HAProxy refuses longer stats socket paths
