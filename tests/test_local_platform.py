@@ -330,7 +330,7 @@ def test_missing_haproxy_is_a_clear_error(make_local, monkeypatch, tmp_path):
     with pytest.raises(PlatformError) as err:
         platform.shift({"blue": 100})
     assert str(err.value) == HAPROXY_MISSING
-    assert not platform.status().router_up
+    assert platform.status().serving is None  # never started: nothing routed, and nothing pretends to be
 
     named = make_local(haproxy_bin="/nonexistent/haproxy")
     with pytest.raises(PlatformError, match="apt-get install haproxy"):
