@@ -74,6 +74,9 @@ class Deployer:
     # Deploys whose pipeline (or rollback) runs in this process now; the deploy watchdog recovers
     # every other `running` deploy, since no one is driving it.
     running_here: set[int] = field(default_factory=set)
+    # How many times the router watchdog revived each (service, env)'s router: the bake watch
+    # fails a bake during which its router died, even when the watchdog was quicker than it.
+    router_revivals: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Late-bound sleep and clock: tests replace them on the Deployer after construction.
@@ -429,6 +432,7 @@ class Deployer:
                 if revival is None:
                     continue
                 revived.append((service, env, revival))
+                self.router_revivals[(service, env)] = self.router_revivals.get((service, env), 0) + 1
                 listen = getattr(getattr(spec, "local", None), "listen", "its public address")
                 if revival.error:
                     log.error("%s/%s: the router is dead and did not start again: %s", service, env, revival.error)

@@ -317,6 +317,7 @@ class Pipeline:
         if bake <= 0:
             return "skipped: bake_time is 0"
         baseline = self._stats(green) or RouterStats()
+        revivals = self.d.router_revivals.get(self.where, 0)
         deadline = self.d.monotonic() + bake
         failures = public_failures = 0
         while self.d.monotonic() < deadline:
@@ -331,6 +332,8 @@ class Pipeline:
             reason = None
             if failures >= 2 or health.exited:
                 reason = f"green's health check failed ({health.status or health.detail})"
+            elif self.d.router_revivals.get(self.where, 0) != revivals:
+                reason = "the router died during the bake (the router watchdog restarted it)"
             elif public_failures >= 2:
                 reason = self._public_reason(public)
             else:
