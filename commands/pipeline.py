@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from platforms.base import (
     format_weights,
     other_slot,
 )
+from platforms.hooks import GROUP_KILLED, run_hook
 from storage import audit
 from storage import deploys as rows
 
@@ -278,13 +278,15 @@ class Pipeline:
             return "skipped: no smoke command"
         env = {**os.environ, "RECESS_BASE_URL": self.platform.base_url(green), "RECESS_SERVICE": self.row["service"],
                "RECESS_VERSION": self.row["version"], "RECESS_ENV": self.row["env"], "RECESS_SLOT": green}
+        limit = self.svc.smoke_timeout
         try:
-            proc = subprocess.run(self.svc.smoke, shell=True, cwd=self.d.cfg.base_dir, env=env, capture_output=True,
-                                  text=True, timeout=self.svc.smoke_timeout.total_seconds())
-        except subprocess.TimeoutExpired as exc:
-            raise StepFailed(f"smoke test ran longer than {format_duration(self.svc.smoke_timeout)}", str(exc.stdout or "")) from None
-        if proc.returncode != 0:
-            raise StepFailed(f"smoke test exited {proc.returncode}", proc.stdout + proc.stderr)
+            ran = run_hook(self.svc.smoke, cwd=self.d.cfg.base_dir, env=env, timeout=limit.total_seconds())
+        except OSError as exc:
+            raise StepFailed(f"cannot run the smoke test: {exc}") from None
+        if ran.timed_out:
+            raise StepFailed(f"smoke test ran longer than {format_duration(limit)}; {GROUP_KILLED}", ran.output)
+        if ran.code != 0:
+            raise StepFailed(f"smoke test exited {ran.code}", ran.output)
         return "smoke test passed"
 
     def shift(self, blue: str | None, green: str) -> str:

@@ -34,6 +34,7 @@ import httpx
 
 from platforms.base import SLOTS, Health, PlatformError, Result, RouterStats, SlotState, Traffic
 from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, Revival
+from platforms.hooks import GROUP_KILLED, run_hook
 from platforms.host import StateLock, proc_start, proc_stat, tail, write_atomic
 
 if TYPE_CHECKING:
@@ -215,21 +216,12 @@ class LocalPlatform:
         command = self._command(self.settings.migrate, version=version, port=port)
         full_env = {**os.environ, **self._recess_env(slot, version, port), **dict(env)}
         try:
-            done = subprocess.run(
-                command,
-                shell=True,
-                cwd=self.workdir,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=self.migrate_timeout,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = (exc.output or b"").decode(errors="replace")
-            return Result(ok=False, output=_trim(output + f"\n(timed out after {self.migrate_timeout} s)"))
-        output = done.stdout.decode(errors="replace")
-        return Result(ok=done.returncode == 0, output=_trim(output), exit_code=done.returncode)
+            ran = run_hook(command, cwd=self.workdir, env=full_env, timeout=self.migrate_timeout)
+        except OSError as exc:
+            raise PlatformError(f"cannot run {command!r}: {exc}") from None
+        if ran.timed_out:
+            return Result(ok=False, output=_trim(ran.output + f"\n(timed out after {self.migrate_timeout} s; {GROUP_KILLED})"))
+        return Result(ok=ran.code == 0, output=_trim(ran.output), exit_code=ran.code)
 
     def base_url(self, slot: str) -> str:
         self._check_slot(slot)

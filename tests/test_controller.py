@@ -331,3 +331,24 @@ def test_a_router_that_dies_during_the_bake_fails_the_bake(make):
     assert revived == [{"blue": 0, "green": 100}]
     assert fake.weights == {"blue": 100, "green": 0}
     assert "is live" not in d.notify.text()
+
+
+def test_a_smoke_test_that_times_out_takes_its_children_with_it(make, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    smoke = f"sleep 300 & echo $! > {pid_file}; wait"
+    extra = FAKE_SERVICE.replace('health_timeout = "1s"', f'health_timeout = "1s"\nsmoke = "{smoke}"\nsmoke_timeout = "1s"')
+    d, fake, _ = make(extra=extra)
+    result = deploy_and_approve(d)
+    assert result["status"] == "failed" and "process group was killed" in result["outcome"]
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    assert fake.weights == {"blue": 100, "green": 0}
+
+
+def _alive(pid: int) -> bool:
+    from platforms.host import alive
+
+    return alive(pid)

@@ -36,6 +36,7 @@ STATUS_ICON = {
     "succeeded": ":large_green_circle:",
     "failed": ":red_circle:",
     "rolled_back": ":leftwards_arrow_with_hook:",
+    "needs_attention": ":rotating_light:",
     "cancelled": ":white_circle:",
     "rejected": ":no_entry_sign:",
 }
