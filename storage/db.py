@@ -24,7 +24,8 @@ locked", "database is busy", a read-only or I/O error that a fresh connection ma
 a backoff from 0.05 s doubling to 2 s, until `deadline` seconds (default `retry_deadline`, 60 s) have
 passed on the monotonic clock; then the last error is raised. Any other error is raised at once.
 `fn` runs again from the start, so it must be safe to repeat: one statement, or one
-`with store.transaction():` block, never a sequence of separate commits.
+`with store.transaction():` block, never a sequence of separate commits. Called inside a
+transaction, `retrying` runs `fn` once: only the whole transaction can be tried again.
 
     def finish_step() -> None:
         with store.transaction():
