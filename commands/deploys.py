@@ -418,35 +418,44 @@ class Deployer:
                 log.exception("deploy %s: checking whether it still needs attention failed", row["id"])
 
     def watch_routers(self) -> list[tuple[str, str, Any]]:
-        """Revives the dead router of any service (platforms that run one: local); tells the channel."""
+        """Revives the dead router of any service (platforms that run one: local)."""
         revived = []
         for service, spec in self.cfg.services.items():
             if spec.platform != "local":
                 continue
             for env in self.cfg.service_environments(service):
                 try:
-                    revival = self.traffic.revive_router(service, env)
+                    revival = self.revive_router(service, env)
                 except Exception:
                     log.exception("%s/%s: the router watchdog failed", service, env)
                     continue
-                if revival is None:
-                    continue
-                revived.append((service, env, revival))
-                self.router_revivals[(service, env)] = self.router_revivals.get((service, env), 0) + 1
-                listen = getattr(getattr(spec, "local", None), "listen", "its public address")
-                if revival.error:
-                    log.error("%s/%s: the router is dead and did not start again: %s", service, env, revival.error)
-                    self.notify.channel(f":rotating_light: The router of *{service}* in {env} is dead and could not be "
-                                        f"started again: {revival.error}. Every request to {listen} fails until it is.")
-                    continue
-                down = (f"down for at most {revival.down_for:.1f} s" if revival.down_for is not None
-                        else "down since before this recess process started")
-                log.warning("%s/%s: the router had died; restarted with weights %s (%s)", service, env,
-                            format_weights(revival.weights), down)
-                self.notify.channel(f":rotating_light: The router of *{service}* in {env} died and was restarted with "
-                                    f"the weights it had ({format_weights(revival.weights)}); the public address "
-                                    f"{listen} was {down}.")
+                if revival is not None:
+                    revived.append((service, env, revival))
         return revived
+
+    def revive_router(self, service: str, env: str) -> Any:
+        """Starts a dead router again with the weights it had, through the door, and tells the
+        channel; None while it lives. Every revival (the watchdog's, the bake's, recovery's) is
+        counted, so a bake during which the router died fails."""
+        revival = self.traffic.revive_router(service, env)
+        if revival is None:
+            return None
+        self.router_revivals[(service, env)] = self.router_revivals.get((service, env), 0) + 1
+        spec = self.cfg.services[service]
+        listen = getattr(getattr(spec, "local", None), "listen", "its public address")
+        if revival.error:
+            log.error("%s/%s: the router is dead and did not start again: %s", service, env, revival.error)
+            self.notify.channel(f":rotating_light: The router of *{service}* in {env} is dead and could not be "
+                                f"started again: {revival.error}. Every request to {listen} fails until it is.")
+            return revival
+        down = (f"down for at most {revival.down_for:.1f} s" if revival.down_for is not None
+                else "down since before this recess process started")
+        log.warning("%s/%s: the router had died; restarted with weights %s (%s)", service, env,
+                    format_weights(revival.weights), down)
+        self.notify.channel(f":rotating_light: The router of *{service}* in {env} died and was restarted with "
+                            f"the weights it had ({format_weights(revival.weights)}); the public address "
+                            f"{listen} was {down}.")
+        return revival
 
     # -- reading ------------------------------------------------------------------------------
 

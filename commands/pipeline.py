@@ -424,7 +424,7 @@ class Pipeline:
         serve, else the deploy needs attention. The router is revived first if it died."""
         r = self.row
         try:
-            self.door.revive_router(*self.where)
+            self.d.revive_router(*self.where)
         except PlatformError as exc:
             log.warning("deploy %s: could not revive the router: %s", self.id, exc)
         try:

@@ -67,7 +67,7 @@ def read_settled(d: Deployer, service: str, env: str, tries: int = 3) -> Traffic
     """The platform's state once the router answers (the watchdog revives a dead one first);
     None when it still does not after `tries` reads spread over the door's probe span."""
     try:
-        d.traffic.revive_router(service, env)
+        d.revive_router(service, env)
     except PlatformError as exc:
         log.warning("%s/%s: the router could not be revived: %s", service, env, exc)
     for i in range(tries):
