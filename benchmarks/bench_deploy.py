@@ -39,11 +39,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (  # noqa: E402
+    SECRET,
     Db,
-    Load,
     RecessProcess,
-    Signer,
-    SlackStub,
     burst,
     free_port,
     machine,
@@ -51,6 +49,9 @@ from benchmarks.common import (  # noqa: E402
     summary,
 )
 from tests.harness import BASE_CONFIG  # noqa: E402
+from tests.kit.load import Load  # noqa: E402
+from tests.kit.signer import SlackSender  # noqa: E402
+from tests.kit.slack import FakeSlack, FakeSlackProcess  # noqa: E402
 
 TARGET_ACK_P99 = 0.300
 TARGET_OVERHEAD = 1.0
@@ -86,13 +87,13 @@ def part_a(tmp: Path, rounds: int, n: int) -> bool:
     cfg.write_text(textwrap.dedent(BASE) + services)
     db = Db(cfg.parent / "recess.db")
     results: dict[str, list[dict[str, Any]]] = {"pending": [], "refused": [], "starts": []}
-    with SlackStub() as slack:
+    with FakeSlackProcess() as slack:
         server = RecessProcess(cfg, slack, tmp / "a" / "serve.log")
         try:
             boot = server.wait_ready()
             print(f"  config: {rounds * n} command-platform services; recess serve ready {boot:.2f} s after spawn")
-            signer = Signer(response_url=slack.response_url)
-            signer.post(server.url, signer.command("/deploy", "history"))  # warm-up, not counted
+            sender = SlackSender(server.url, SECRET, response_url=slack.response_url())
+            sender.command("/deploy", "history")  # warm-up, not counted
             for r in range(rounds):
                 names = [f"svc{r * n + i:03d}" for i in range(n)]
                 for kind, text, expect in (
@@ -100,8 +101,8 @@ def part_a(tmp: Path, rounds: int, n: int) -> bool:
                     ("refused", "{s} v3 production", "held by deploy"),
                     ("starts", "{s} v2 staging", "requested"),
                 ):
-                    bodies = [signer.command("/deploy", text.format(s=s)) for s in names]
-                    res = burst(server.url, bodies, signer)
+                    bodies = [sender.command_body("/deploy", text.format(s=s)) for s in names]
+                    res = burst(server.url, bodies, sender)
                     texts = [json.loads(b).get("text", "") if b else "" for b in res.bodies]
                     as_expected = sum(1 for t in texts if expect in t)
                     s = summary([x for x in res.latencies if x == x])
@@ -300,7 +301,6 @@ def part_bc(tmp: Path, deploys: int, clients: int) -> bool:
     from commands.config import load_config
     from platforms import make_platform
     from tests.fake_platform import FakePlatform
-    from tests.fake_slack import FakeSlack
     from tests.harness import RecessServer, write_config
 
     ok = True
@@ -364,7 +364,7 @@ def part_bc(tmp: Path, deploys: int, clients: int) -> bool:
             overheads["local"] = [r["overhead"] for r in idle]
 
             print(f"\n(c) {deploys} local deploys under {clients} concurrent keep-alive clients (GET /version through HAProxy)")
-            load = Load(listen, clients).start()
+            load = Load(listen, clients, process=True, record=True).start()
             try:
                 time.sleep(1.0)
                 loaded = []
@@ -382,7 +382,7 @@ def part_bc(tmp: Path, deploys: int, clients: int) -> bool:
             details = [r["shift_detail"] for r in loaded]
             failed = len(result.failures)
             print(f"  requests: {result.total} in {elapsed:.1f} s ({result.total / elapsed:.0f}/s), failed {failed}; "
-                  f"answers by version: {dict(sorted(result.by_version().items()))}")
+                  f"answers by version: {dict(sorted(result.by_version.items()))}")
             for at, what in result.failures[:5]:
                 print(f"    failure at {at:.3f}: {what}")
             lat = summary(result.latencies)

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_model  # noqa: E402
 from commands.flags import Flag, Override, build_snapshot  # noqa: E402
-from tests.fake_slack import FakeSlack  # noqa: E402
-from tests.slack_sender import SlackSender  # noqa: E402
+from tests.kit.signer import SlackSender  # noqa: E402
+from tests.kit.slack import FakeSlack  # noqa: E402
 
 TENANTS = [f"school-{i:02d}" for i in range(20)]
 ROLES = ["student", "teacher", "staff", "admin", "parent"]

@@ -11,111 +11,18 @@ duration of each `shift()` call, and request latencies.
 from __future__ import annotations
 
 import argparse
-import http.client
-import multiprocessing
-import os
-import platform as host
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import free_port, machine, percentile  # noqa: E402
 from commands.config import parse_config  # noqa: E402
 from platforms import make_platform  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Load:
-    """Keep-alive client threads in a separate process, so that they do not compete with the
-    timed shift() calls for this process's GIL (the bot does not run 20 clients either)."""
-
-    def __init__(self, address: str, clients: int) -> None:
-        host_name, port = address.rsplit(":", 1)
-        self.target = (host_name, int(port))
-        self.clients = clients
-        self.stop = multiprocessing.Event()
-        self.ready = multiprocessing.Event()
-        self.queue: multiprocessing.Queue = multiprocessing.Queue()
-        self.process = multiprocessing.Process(target=self.run_clients, daemon=True)
-        self.results: list[dict] = []
-
-    def run_clients(self) -> None:
-        results = [{"latencies": [], "failures": [], "versions": {}} for _ in range(self.clients)]
-        threads = [threading.Thread(target=self.client, args=(r,)) for r in results]
-        for t in threads:
-            t.start()
-        self.ready.set()
-        for t in threads:
-            t.join()
-        self.queue.put(results)
-
-    def client(self, result: dict) -> None:
-        conn = None
-        latencies, failures, versions = result["latencies"], result["failures"], result["versions"]
-        while not self.stop.is_set():
-            if conn is None:
-                conn = http.client.HTTPConnection(*self.target, timeout=10)
-            started = time.perf_counter()
-            try:
-                conn.request("GET", "/version")
-                resp = conn.getresponse()
-                body = resp.read().decode()
-            except (OSError, http.client.HTTPException) as exc:
-                failures.append(f"{type(exc).__name__}: {exc}")
-                conn.close()
-                conn = None
-                continue
-            latencies.append(time.perf_counter() - started)
-            if resp.status != 200:
-                failures.append(f"HTTP {resp.status}")
-            else:
-                versions[body] = versions.get(body, 0) + 1
-        if conn is not None:
-            conn.close()
-
-    def __enter__(self) -> Load:
-        self.process.start()
-        self.ready.wait(timeout=10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.results = self.queue.get(timeout=30)
-        self.process.join(timeout=10)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def machine() -> str:
-    cpu = cpu_model()
-    try:
-        haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        haproxy = "HAProxy not found"
-    return (
-        f"machine: {host.system()} {host.release()} {host.machine()}, {os.cpu_count()} CPUs ({cpu})\n"
-        f"python:  {host.python_version()}\n"
-        f"router:  {haproxy}"
-    )
+from tests.kit.load import Load  # noqa: E402
 
 
 def main() -> int:
@@ -161,7 +68,9 @@ def run(site, listen: str, args: argparse.Namespace) -> int:  # noqa: ANN001
 
     shift_times: list[float] = []
     router_times: list[float] = []
-    with Load(listen, args.clients) as load:
+    # The clients run in their own process, so that they do not compete with the timed shift()
+    # calls for this process's GIL (the bot does not run 20 clients either).
+    with Load(listen, args.clients, process=True, record=True) as load:
         time.sleep(1.0)  # let every client open its connection
         started = time.monotonic()
         for i in range(args.flips):
@@ -174,13 +83,11 @@ def run(site, listen: str, args: argparse.Namespace) -> int:  # noqa: ANN001
         time.sleep(0.5)
         elapsed = time.monotonic() - started + 1.0
 
-    latencies = [x for r in load.results for x in r["latencies"]]
-    failures = [x for r in load.results for x in r["failures"]]
-    versions: dict[str, int] = {}
-    for r in load.results:
-        for v, n in r["versions"].items():
-            versions[v] = versions.get(v, 0) + n
-    total = len(latencies) + sum(1 for f in failures if not f.startswith("HTTP"))
+    result = load.stop()
+    latencies = [took for _, took, answer in result.requests if answer is not None]
+    failures = [reason for _, reason in result.failures]
+    versions = result.by_version
+    total = result.total
     ms = 1000
 
     print(f"load:    {args.clients} keep-alive clients, {args.flips} flips every {args.interval:g} s, "

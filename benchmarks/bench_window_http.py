@@ -27,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RecessProcess, Signer, SlackStub, burst, machine, summary  # noqa: E402
+from benchmarks.common import SECRET, RecessProcess, burst, machine, summary  # noqa: E402
+from tests.kit.signer import SlackSender  # noqa: E402
+from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 TARGET_P99 = 0.300
 
@@ -62,13 +64,13 @@ def run_rounds(tmp: Path, latency_ms: float, rounds: int, n: int, tag: str) -> l
     cfg = tmp / f"recess-{tag}.toml"
     cfg.write_text(textwrap.dedent(CONFIG))
     out = []
-    with SlackStub(latency=latency_ms / 1000) as slack:
+    with FakeSlackProcess(latency=latency_ms / 1000) as slack:
         server = RecessProcess(cfg, slack, tmp / f"serve-{tag}.log")
         try:
             boot = server.wait_ready()
-            signer = Signer(response_url=slack.response_url)
+            sender = SlackSender(server.url, SECRET, response_url=slack.response_url())
             # One warm-up command (imports, first SQLite connection), not counted.
-            status, _, _ = signer.post(server.url, signer.command("/window", "", user="U0WARMUP"))
+            status = sender.command("/window", "", user="U0WARMUP").status_code
             assert status == 200, f"warm-up /window answered {status}"
             print(f"  recess serve ready {boot:.2f} s after spawn; fake Slack answers after {latency_ms:g} ms")
             for r in range(2 * rounds):
@@ -76,9 +78,9 @@ def run_rounds(tmp: Path, latency_ms: float, rounds: int, n: int, tag: str) -> l
                 # round 1 again, whose timezones the bot has cached.
                 fresh = r < rounds
                 users = [f"U{tag.upper()}R{r if fresh else 0}N{i:02d}" for i in range(n)]
-                bodies = [signer.command("/window", "", user=u) for u in users]
+                bodies = [sender.command_body("/window", "", user=u) for u in users]
                 t = time.perf_counter()
-                res = burst(server.url, bodies, signer)
+                res = burst(server.url, bodies, sender)
                 wall = time.perf_counter() - t
                 bad = [s for s, b in zip(res.statuses, res.bodies, strict=True) if s != 200 or not b]
                 replies_ok = sum(1 for b in res.bodies if b and "text" in json.loads(b))

@@ -1,25 +1,19 @@
 """Shared helpers for the benchmarks that drive a whole recess: bench_window_http.py,
 bench_deploy.py and zero_downtime.py. Not a benchmark itself (running it prints the machine).
 
-What lives here:
+What lives here (the fake Slack, the signed requests and the load come from the test kit,
+tests/kit/, so the benchmarks play Slack and the schools exactly as the tests do):
 - machine():            platform, CPU model, cores, Python, HAProxy, load average
-- stats helpers:        percentile(), summary(), fmt_ms()
-- SlackStub:            tests/fake_slack.py's FakeSlack in its own process (optionally slowed
-                        down), so the bot's Slack calls do not compete with the load generator
+- stats helpers:        percentile(), summary(), fmt_ms(), spread()
 - RecessProcess:        `recess serve` as a subprocess with SLACK_API_URL, SLACK_SIGNING_SECRET,
                         RECESS_CONFIG (and RECESS_CRASH_AT for fault injection)
-- Signer / burst():     signed Slack requests sent all at once from pre-opened connections
-- Load:                 keep-alive HTTP clients in a separate process, every request recorded
-- Probe:                one client polling the public address as fast as it can
+- burst():              signed Slack requests sent all at once from pre-opened connections
 - Db:                   read-only look at the bot's SQLite file (WAL lets us read while it writes)
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
-import multiprocessing
 import os
 import platform as host
 import signal
@@ -31,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.slack_sender import sign  # noqa: E402
+from tests.kit.signer import SlackSender  # noqa: E402
+from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 SECRET = "bench-signing-secret"
 ENGINEER = "U0ENGINEER"
@@ -122,67 +117,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# -- a fake Slack in its own process --------------------------------------------------------------
-
-_STUB = """
-import sys, threading, time
-sys.path.insert(0, sys.argv[1])
-import socketserver
-from tests.fake_slack import FakeSlack
-# The standard library's listen backlog is 5: a burst of Web API calls from the bot's threads
-# would overflow it and wait for a SYN retransmit (1 s). Slack itself has no such limit.
-socketserver.TCPServer.request_queue_size = 256
-latency = float(sys.argv[2])
-if latency > 0:
-    answer = FakeSlack._answer
-    def slow(self, method, params):
-        time.sleep(latency)
-        return answer(self, method, params)
-    FakeSlack._answer = slow
-fake = FakeSlack()
-print(fake.port, flush=True)
-sys.stdin.read()  # lives until the benchmark closes our stdin
-fake.close()
-"""
-
-
-class SlackStub:
-    """tests.fake_slack.FakeSlack in a child process. `latency` delays every Web API answer
-    (Slack itself answers in tens to hundreds of milliseconds)."""
-
-    def __init__(self, latency: float = 0.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _STUB, str(ROOT), str(latency)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        if not line:
-            raise RuntimeError("the fake Slack did not start")
-        self.port = int(line)
-        self.api_url = f"http://127.0.0.1:{self.port}/api/"
-        self.response_url = f"http://127.0.0.1:{self.port}/respond/bench"
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> SlackStub:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # -- recess serve as a subprocess -----------------------------------------------------------------
 
 
 class RecessProcess:
     """`recess serve` on a free port; stderr (the bot's log) goes to `log_path`."""
 
-    def __init__(self, config: Path, slack: SlackStub, log_path: Path, *, crash_at: str | None = None,
+    def __init__(self, config: Path, slack: FakeSlackProcess, log_path: Path, *, crash_at: str | None = None,
                  port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -247,53 +188,7 @@ class RecessProcess:
             return ""
 
 
-# -- signed Slack requests ------------------------------------------------------------------------
-
-
-class Signer:
-    """Builds request bodies and headers exactly like Slack's (form bodies, v0 signatures)."""
-
-    def __init__(self, secret: str = SECRET, response_url: str = "http://127.0.0.1:9/respond") -> None:
-        self.secret = secret
-        self.response_url = response_url
-
-    def headers(self, body: str) -> dict[str, str]:
-        ts = str(int(time.time()))
-        return {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": ts,
-                "X-Slack-Signature": sign(self.secret, ts, body)}
-
-    def command(self, command: str, text: str, user: str = ENGINEER) -> str:
-        return urllib.parse.urlencode({
-            "token": "legacy", "team_id": "T1", "team_domain": "school", "channel_id": "C0ENG",
-            "channel_name": "eng", "user_id": user, "user_name": user.lower(), "command": command,
-            "text": text, "api_app_id": "A1", "response_url": self.response_url, "trigger_id": "1.2.3",
-        })
-
-    def action(self, action_id: str, value: str, user: str, message_ts: str, channel: str = "C0DEPLOYS") -> str:
-        payload = {
-            "type": "block_actions", "team": {"id": "T1"},
-            "user": {"id": user, "username": user.lower(), "team_id": "T1"},
-            "api_app_id": "A1", "trigger_id": "1.2.3",
-            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
-            "channel": {"id": channel}, "message": {"ts": message_ts, "text": "card"},
-            "response_url": self.response_url,
-            "actions": [{"action_id": action_id, "block_id": "b", "value": value, "type": "button",
-                         "action_ts": str(time.time())}],
-        }
-        return urllib.parse.urlencode({"payload": json.dumps(payload)})
-
-    def post(self, base_url: str, body: str, timeout: float = 10.0) -> tuple[int, bytes, float]:
-        """One signed POST /slack/events; (status, body, seconds)."""
-        u = urllib.parse.urlsplit(base_url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-        try:
-            started = time.perf_counter()
-            conn.request("POST", "/slack/events", body=body.encode(), headers=self.headers(body))
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, data, time.perf_counter() - started
-        finally:
-            conn.close()
+# -- a burst of signed Slack requests ------------------------------------------------------------------------
 
 
 class BurstResult:
@@ -305,7 +200,7 @@ class BurstResult:
         return sum(1 for s, b in zip(self.statuses, self.bodies, strict=True) if s == 200 and b)
 
 
-def burst(base_url: str, bodies: Sequence[str], signer: Signer, timeout: float = 10.0) -> BurstResult:
+def burst(base_url: str, bodies: Sequence[str], sender: SlackSender, timeout: float = 10.0) -> BurstResult:
     """Sends every body at the same moment, each from its own already-open connection (Slack
     sends from many machines at once). Latency is measured per request, from the first byte
     written to the last byte of the answer read."""
@@ -316,7 +211,7 @@ def burst(base_url: str, bodies: Sequence[str], signer: Signer, timeout: float =
         c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
         c.connect()
         conns.append(c)
-    prepared = [(b.encode(), signer.headers(b)) for b in bodies]
+    prepared = [(b.encode(), sender.headers(b)) for b in bodies]
     statuses = [0] * n
     answers = [b""] * n
     latencies = [float("nan")] * n
@@ -346,198 +241,7 @@ def burst(base_url: str, bodies: Sequence[str], signer: Signer, timeout: float =
     return BurstResult(statuses, answers, latencies, errors)
 
 
-# -- load: keep-alive clients in their own process ------------------------------------------------
-
-
-def _load_client(target: tuple[str, int], path: str, stop: Any, counts: Any, index: int, out: dict) -> None:
-    conn = None
-    starts, lats, codes, failures = out["start"], out["latency"], out["code"], out["failures"]
-    versions: dict[str, int] = out["versions"]
-    while not stop.is_set():
-        if conn is None:
-            conn = http.client.HTTPConnection(*target, timeout=10)
-        t_wall = time.time()
-        t0 = time.perf_counter()
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read().decode(errors="replace").strip()
-        except (OSError, http.client.HTTPException) as exc:
-            failures.append((t_wall, f"{type(exc).__name__}: {exc}"))
-            starts.append(t_wall)
-            lats.append(time.perf_counter() - t0)
-            codes.append(-1)
-            conn.close()
-            conn = None
-            counts[index] += 1
-            continue
-        starts.append(t_wall)
-        lats.append(time.perf_counter() - t0)
-        if resp.status != 200:
-            failures.append((t_wall, f"HTTP {resp.status}"))
-            codes.append(-1)
-        else:
-            codes.append(versions.setdefault(body, len(versions)))
-        counts[index] += 1
-        if resp.getheader("Connection", "").lower() == "close":
-            conn.close()
-            conn = None
-    if conn is not None:
-        conn.close()
-
-
-def _load_main(target: tuple[str, int], path: str, clients: int, stop: Any, ready: Any, counts: Any, queue: Any) -> None:
-    outs = [{"start": [], "latency": [], "code": [], "failures": [], "versions": {}} for _ in range(clients)]
-    threads = [threading.Thread(target=_load_client, args=(target, path, stop, counts, i, outs[i])) for i in range(clients)]
-    for t in threads:
-        t.start()
-    ready.set()
-    for t in threads:
-        t.join()
-    queue.put(outs)
-
-
-class LoadResult:
-    """Every request of every client: wall-clock start, latency, answer (version or failure)."""
-
-    def __init__(self, outs: list[dict]) -> None:
-        self.starts: list[float] = []
-        self.latencies: list[float] = []
-        self.answers: list[str | None] = []  # None: failed
-        self.failures: list[tuple[float, str]] = []
-        for o in outs:
-            names = {v: k for k, v in o["versions"].items()}
-            self.starts += o["start"]
-            self.latencies += o["latency"]
-            self.answers += [names.get(c) if c >= 0 else None for c in o["code"]]
-            self.failures += o["failures"]
-
-    @property
-    def total(self) -> int:
-        return len(self.starts)
-
-    def by_version(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for a in self.answers:
-            if a is not None:
-                out[a] = out.get(a, 0) + 1
-        return out
-
-    def split_latencies(self, instants: Iterable[float], half_width: float) -> tuple[list[float], list[float]]:
-        """(latencies of requests started within ±half_width of any instant, all the others)."""
-        marks = sorted(instants)
-        near, far = [], []
-        import bisect
-
-        for start, lat in zip(self.starts, self.latencies, strict=True):
-            i = bisect.bisect_left(marks, start)
-            close = any(abs(start - marks[j]) <= half_width for j in (i - 1, i) if 0 <= j < len(marks))
-            (near if close else far).append(lat)
-        return near, far
-
-    def last_answer_of(self, version: str, after: float, before: float) -> float | None:
-        """The latest end time (start + latency) of a response by `version` started in [after, before)."""
-        best = None
-        for start, lat, a in zip(self.starts, self.latencies, self.answers, strict=True):
-            if a == version and after <= start < before:
-                end = start + lat
-                best = end if best is None or end > best else best
-        return best
-
-
-class Load:
-    """`clients` threads in a child process, each with one HTTP/1.1 keep-alive connection,
-    asking `path` in a loop. A child process, so that they do not compete for the benchmark's GIL."""
-
-    def __init__(self, address: str, clients: int = 20, path: str = "/version") -> None:
-        host_name, port = address.rsplit(":", 1)
-        ctx = multiprocessing.get_context("spawn")
-        self.clients = clients
-        self.stop_event = ctx.Event()
-        self.ready = ctx.Event()
-        self.counts = ctx.Array("q", clients, lock=False)
-        self.queue = ctx.Queue()
-        self.process = ctx.Process(target=_load_main, args=((host_name, int(port)), path, clients, self.stop_event,
-                                                           self.ready, self.counts, self.queue), daemon=True)
-        self.result: LoadResult | None = None
-        self.started_at = 0.0
-        self.stopped_at = 0.0
-
-    def start(self) -> Load:
-        self.process.start()
-        if not self.ready.wait(timeout=30):
-            raise RuntimeError("load process did not start")
-        self.started_at = time.time()
-        return self
-
-    def count(self) -> int:
-        return sum(self.counts[:])
-
-    def stop(self) -> LoadResult:
-        if self.result is None:
-            self.stop_event.set()
-            self.stopped_at = time.time()
-            outs = self.queue.get(timeout=60)
-            self.process.join(timeout=10)
-            self.result = LoadResult(outs)
-        return self.result
-
-    def __enter__(self) -> Load:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Probe:
-    """One keep-alive client polling the public address as fast as it can, in a thread, recording
-    (wall-clock time the answer arrived, answer) until stopped."""
-
-    def __init__(self, address: str, path: str = "/version") -> None:
-        host_name, port = address.rsplit(":", 1)
-        self.target = (host_name, int(port))
-        self.path = path
-        self.seen: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        conn = None
-        while not self._stop.is_set():
-            if conn is None:
-                conn = http.client.HTTPConnection(*self.target, timeout=5)
-            try:
-                conn.request("GET", self.path)
-                resp = conn.getresponse()
-                body = resp.read().decode(errors="replace").strip()
-                self.seen.append((time.time(), body if resp.status == 200 else f"HTTP {resp.status}"))
-            except (OSError, http.client.HTTPException) as exc:
-                self.seen.append((time.time(), f"{type(exc).__name__}"))
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def start(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[tuple[float, str]]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.seen
-
-    def settled_on(self, version: str, since: float) -> float | None:
-        """The first instant after `since` from which every answer seen was `version`."""
-        first = None
-        for at, answer in self.seen:
-            if at < since:
-                continue
-            if answer == version:
-                first = first if first is not None else at
-            else:
-                first = None
-        return first
+# -- the public address ---------------------------------------------------------------------------
 
 
 def get_text(address: str, path: str = "/version", timeout: float = 2.0) -> str | None:

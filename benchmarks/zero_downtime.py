@@ -41,12 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
     APPROVER,
     ENGINEER,
+    SECRET,
     Db,
-    Load,
-    Probe,
     RecessProcess,
-    Signer,
-    SlackStub,
     free_port,
     get_text,
     iso_to_epoch,
@@ -54,6 +51,9 @@ from benchmarks.common import (  # noqa: E402
     spread,
     summary,
 )
+from tests.kit.load import Load  # noqa: E402
+from tests.kit.signer import SlackSender  # noqa: E402
+from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 CRASH_STEPS = ("start_green", "migrate", "health", "smoke", "shift", "shift:after", "bake")
 FINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
@@ -115,11 +115,13 @@ def write_configs(folder: Path) -> tuple[Path, Path, str]:
 class Bot:
     """Signed requests to one running `recess serve`, and waits on its database."""
 
-    def __init__(self, server: RecessProcess, signer: Signer, db: Db) -> None:
-        self.server, self.signer, self.db = server, signer, db
+    def __init__(self, server: RecessProcess, slack: FakeSlackProcess, db: Db) -> None:
+        self.server, self.db = server, db
+        self.sender = SlackSender(server.url, SECRET, response_url=slack.response_url())
 
     def deploy(self, version: str) -> int:
-        status, body, _ = self.signer.post(self.server.url, self.signer.command("/deploy", f"web {version}", user=ENGINEER))
+        resp = self.sender.command("/deploy", f"web {version}", user=ENGINEER)
+        status, body = resp.status_code, resp.content
         text = json.loads(body).get("text", "") if body else ""
         found = re.search(r"Deploy #(\d+)", text)
         if status != 200 or not found:
@@ -131,11 +133,11 @@ class Bot:
 
     def click(self, action: str, deploy_id: int, user: str) -> float:
         """Sends the click; returns the wall-clock instant just before it was sent."""
-        body = self.signer.action(action, str(deploy_id), user=user, message_ts=self.card_ts(deploy_id))
+        body = self.sender.action_body(action, str(deploy_id), user=user, message_ts=self.card_ts(deploy_id))
         sent = time.time()
-        status, answer, _ = self.signer.post(self.server.url, body)
-        if status != 200:
-            raise RuntimeError(f"click {action} on #{deploy_id} answered {status}: {answer!r}")
+        resp = self.sender.send(body)
+        if resp.status_code != 200:
+            raise RuntimeError(f"click {action} on #{deploy_id} answered {resp.status_code}: {resp.content!r}")
         return sent
 
 
@@ -150,13 +152,13 @@ def wait_load(load: Load, at_least: int, min_seconds: float, timeout: float = 12
 # -- 1. deploy-and-rollback cycles --------------------------------------------------------------------
 
 
-def run_cycles(cfg_path: Path, slack: SlackStub, db: Db, listen: str, load: Load, cycles: int, per_cycle: int,
+def run_cycles(cfg_path: Path, slack: FakeSlackProcess, db: Db, listen: str, load: Load, cycles: int, per_cycle: int,
                tmp: Path) -> dict[str, Any]:
     server = RecessProcess(cfg_path, slack, tmp / "serve-cycles.log")
     out: dict[str, Any] = {"cycles": [], "flips": []}
     try:
         server.wait_ready()
-        bot = Bot(server, Signer(response_url=slack.response_url), db)
+        bot = Bot(server, slack, db)
         base = load.count()
         for k in range(1, cycles + 1):
             version = f"v2.{k}"
@@ -172,13 +174,13 @@ def run_cycles(cfg_path: Path, slack: SlackStub, db: Db, listen: str, load: Load
             out["flips"].append(iso_to_epoch(row["traffic_at"]))
             time.sleep(1.0)  # a second of traffic on the new version
 
-            probe = Probe(listen).start()
+            probe = Load(listen, clients=1, record=True).start()  # one client, as fast as it can
             time.sleep(0.1)
             clicked = bot.click("rollback_card", deploy_id, ENGINEER)
             deadline = time.monotonic() + 10
             settled = None
             while time.monotonic() < deadline:
-                settled = probe.settled_on(previous, clicked)
+                settled = probe.tally().settled_on(previous, clicked)
                 if settled is not None and time.time() - settled > 0.3:
                     break
                 time.sleep(0.01)
@@ -251,11 +253,10 @@ def consistent(cfg: Any, db: Db, deploy_id: int, listen: str) -> dict[str, Any] 
     return {"row": row, "slot": slot, "version": answer, "other": st["versions"][other] if st["running"][other] else None}
 
 
-def run_crash_matrix(crash_cfg_path: Path, slack: SlackStub, db: Db, listen: str, tmp: Path) -> list[dict[str, Any]]:
+def run_crash_matrix(crash_cfg_path: Path, slack: FakeSlackProcess, db: Db, listen: str, tmp: Path) -> list[dict[str, Any]]:
     from commands.config import load_config
 
     cfg = load_config(crash_cfg_path)
-    signer = Signer(response_url=slack.response_url)
     matrix = []
     for step in CRASH_STEPS:
         version = "v3-" + step.replace(":", "-")
@@ -263,7 +264,7 @@ def run_crash_matrix(crash_cfg_path: Path, slack: SlackStub, db: Db, listen: str
         log = tmp / f"serve-crash-{step.replace(':', '-')}.log"
         doomed = RecessProcess(crash_cfg_path, slack, log, crash_at=step)
         doomed.wait_ready()
-        deploy_id = Bot(doomed, signer, db).deploy(version)
+        deploy_id = Bot(doomed, slack, db).deploy(version)
         code = doomed.wait_exit(timeout=90)
         doomed.stop()
         died = time.monotonic()
@@ -329,21 +330,21 @@ def main() -> int:
         cycles_cfg, crash_cfg, listen = write_configs(tmp)
         db = Db(tmp / "recess.db")
         cfg = load_config(cycles_cfg)
-        slack = SlackStub()
+        slack = FakeSlackProcess()
         load = None
         try:
             # v1 goes live before the clients start (nothing serves before the first deploy).
             first = RecessProcess(cycles_cfg, slack, tmp / "serve-first.log")
             try:
                 first.wait_ready()
-                bot = Bot(first, Signer(response_url=slack.response_url), db)
+                bot = Bot(first, slack, db)
                 d1 = bot.deploy("v1")
                 bot.click("deploy_approve", d1, APPROVER)
                 row = db.wait_status(d1, FINAL, timeout=90)
                 assert row["status"] == "succeeded", row
             finally:
                 first.stop()  # the bot stops; v1 keeps serving
-            load = Load(listen, args.clients).start()
+            load = Load(listen, args.clients, process=True, record=True).start()
             time.sleep(1.0)
             print(f"\n1. {args.cycles} deploy + rollback cycles ({args.clients} clients running)")
             c_start = time.time()
@@ -357,20 +358,21 @@ def main() -> int:
             time.sleep(0.5)
             result = load.stop()
         finally:
-            if load is not None and load.result is None:
-                load.stop()
+            if load is not None:
+                load.stop()  # once: a second call returns the same result
             make_platform(cfg, "web", "production").shutdown()
             slack.close()
 
     # -- numbers ----------------------------------------------------------------------------------
-    in_cycles = [i for i, s in enumerate(result.starts) if c_start <= s < c_end]
-    in_crash = [i for i, s in enumerate(result.starts) if c_end <= s < x_end]
+    starts, latencies = result.starts, result.latencies
+    in_cycles = [i for i, s in enumerate(starts) if c_start <= s < c_end]
+    in_crash = [i for i, s in enumerate(starts) if c_end <= s < x_end]
     failures = result.failures
     fail_cycles = [f for f in failures if c_start <= f[0] < c_end]
     fail_crash = [f for f in failures if c_end <= f[0] < x_end]
     print(f"\nload: {result.total:,} requests in {load.stopped_at - load.started_at:.1f} s, failed {len(failures)}; "
           f"during the cycles {len(in_cycles):,} (failed {len(fail_cycles)}), during the crash matrix {len(in_crash):,} "
-          f"(failed {len(fail_crash)}); answers by version: {dict(sorted(result.by_version().items()))}")
+          f"(failed {len(fail_crash)}); answers by version: {dict(sorted(result.by_version.items()))}")
     for at, what in failures[:10]:
         print(f"  failure at {at:.3f}: {what}")
 
@@ -379,11 +381,11 @@ def main() -> int:
     import bisect
 
     for i in in_cycles:
-        s, lat = result.starts[i], result.latencies[i]
+        s, lat = starts[i], latencies[i]
         j = bisect.bisect_left(flips, s)
         close = any(abs(s - flips[m]) <= SWITCH_WINDOW for m in (j - 1, j) if 0 <= m < len(flips))
         (near if close else far).append(lat)
-    crash_lat = [result.latencies[i] for i in in_crash]
+    crash_lat = [latencies[i] for i in in_crash]
     for label, values in (("within ±250 ms of a flip", near), ("outside the switches", far), ("during the crash matrix", crash_lat)):
         s = summary(values)
         if s["n"]:

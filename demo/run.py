@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from demo.slack_standin import Event, Message, Renderer, SlackStandIn, User
+from tests.kit.load import Load
 
 DEMO_DIR = Path(__file__).resolve().parent
 ROOT = DEMO_DIR.parent
@@ -199,56 +200,6 @@ def typed(t: Transcript, user: User, channel: str, text: str) -> None:
 
 def note(t: Transcript, text: str) -> None:
     t.print(t.style.dim(f"  » {text}"))
-
-
-# -- the load ----------------------------------------------------------------------------------
-
-
-class Load:
-    """A few keep-alive clients asking the public address for /version, counting every answer."""
-
-    def __init__(self, url: str, clients: int = 4, pause: float = 0.01) -> None:
-        self.url = url + "/version"
-        self.clients = clients
-        self.pause = pause
-        self.answered: collections.Counter[str] = collections.Counter()
-        self.failures: collections.Counter[str] = collections.Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"load-{i}", daemon=True) for i in range(clients)]
-        self.started = self.stopped = 0.0
-
-    def start(self) -> None:
-        self.started = time.monotonic()
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:  # one connection, kept alive across requests
-            while not self._stop.is_set():
-                try:
-                    response = client.get(self.url)
-                    ok = response.status_code == 200
-                    key = response.text.strip() if ok else f"HTTP {response.status_code}"
-                except httpx.HTTPError as exc:
-                    ok, key = False, type(exc).__name__
-                with self._lock:
-                    (self.answered if ok else self.failures)[key] += 1
-                self._stop.wait(self.pause)
-
-    def stop(self) -> None:
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        for thread in self._threads:
-            if thread.is_alive():
-                thread.join(timeout=10)
-        self.stopped = time.monotonic()
-
-    @property
-    def failed(self) -> int:
-        with self._lock:
-            return sum(self.failures.values())
 
 
 # -- setting the stage -------------------------------------------------------------------------
@@ -440,8 +391,8 @@ def story(stage: Stage) -> Load:
         raise DemoFailed(f"the portal answers {stage.serving()!r}, not v1")
     slot = first["green_slot"]
     note(t, f"GET {stage.public}/version answers v1, through HAProxy (slot {slot} on :{stage.slots[slot]}).")
-    load = stage.load = Load(stage.public)
-    load.start()
+    # A few keep-alive clients asking the public address for /version, counting every answer.
+    load = stage.load = Load(stage.public, clients=4, pause=0.01).start()
     time.sleep(0.5)
     note(t, f"Load: {load.clients} keep-alive clients now ask {stage.public}/version every {load.pause * 1000:.0f} ms, to the end.")
 
@@ -453,7 +404,7 @@ def story(stage: Stage) -> Load:
     edits = card.edits
     seen = len(stage.slack.ephemerals_to(DANA.id))
     stage.click(DANA, card, "Approve")
-    stage.slack.wait_for(lambda: len(stage.slack.ephemerals_to(DANA.id)) > seen)
+    stage.slack.wait_for(lambda s: len(s.ephemerals_to(DANA.id)) > seen)
     refusal = stage.slack.ephemerals_to(DANA.id)[-1].text
     if "another approver" not in refusal:
         raise DemoFailed(f"dana's approval of her own deploy was not refused: {refusal!r}")
@@ -467,8 +418,7 @@ def story(stage: Stage) -> Load:
     if stage.serving() != "v2":
         raise DemoFailed(f"after the deploy the portal answers {stage.serving()!r}, not v2")
     time.sleep(1.0)
-    with load._lock:
-        on_v2 = load.answered["v2"]
+    on_v2 = load.by_version["v2"]
     note(t, f"The portal answers v2 ({on_v2} requests so far); v1 keeps running in slot {second['blue_slot']} for a rollback.")
 
     chapter(t, 4, "Something is off: /rollback web")
@@ -505,16 +455,18 @@ def report(stage: Stage, load: Load) -> None:
     card = stage.card(2)
     note(t, f"The card in #{CHANNELS[DEPLOYS]} now reads:")
     t.card(card)
-    took = load.stopped - load.started
+    seen = load.stop()
+    took = load.stopped_at - load.started_at
     t.print(f"  Requests to {stage.public}/version while v1 → v2 → v1 "
             f"({load.clients} keep-alive clients, {took:.1f} s):")
-    for version in sorted(load.answered):
-        t.print(f"    answered by {version:<10}{load.answered[version]:>8,}")
-    for reason in sorted(load.failures):
-        t.print(f"    failed: {reason:<12}{load.failures[reason]:>8,}")
-    t.print(f"    {'total':<22}{sum(load.answered.values()) + load.failed:>8,}")
-    verdict = f"{load.failed} failed"
-    t.print(t.style.bold(f"  {verdict}" + (": not one request was lost." if load.failed == 0 else ".")))
+    for version in sorted(seen.by_version):
+        t.print(f"    answered by {version:<10}{seen.by_version[version]:>8,}")
+    reasons = collections.Counter(reason.split(":")[0] for _, reason in seen.failures)
+    for reason in sorted(reasons):
+        t.print(f"    failed: {reason:<12}{reasons[reason]:>8,}")
+    t.print(f"    {'total':<22}{seen.total:>8,}")
+    verdict = f"{seen.failed} failed"
+    t.print(t.style.bold(f"  {verdict}" + (": not one request was lost." if seen.failed == 0 else ".")))
 
 
 def main() -> int:

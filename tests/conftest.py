@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fake_slack import FakeSlack
+from tests.kit.slack import FakeSlack
 
 
 @pytest.fixture

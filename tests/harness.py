@@ -18,8 +18,8 @@ from bot.runtime import Runtime, build_runtime
 from bot.server import build_http_app
 from bot.slack_client import make_client
 from commands.config import Config, load_config
-from tests.fake_slack import FakeSlack
-from tests.slack_sender import SlackSender
+from tests.kit.signer import SlackSender
+from tests.kit.slack import FakeSlack
 
 SECRET = "test-signing-secret"
 APPROVER_1 = "U0APPROVER1"

@@ -9,8 +9,8 @@ import pytest
 
 from commands.flags import FlagBook
 from storage import audit
-from tests.fake_slack import FakeSlack
 from tests.harness import APPROVER_1, ENGINEER, FakeClock, start_server
+from tests.kit.slack import FakeSlack
 
 # Tuesday 2027-03-16 10:00 in New York: school is in session (EDT, UTC-4; Los Angeles UTC-7).
 IN_SCHOOL = dt.datetime(2027, 3, 16, 14, 0, tzinfo=dt.UTC)

@@ -8,20 +8,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from platforms import PlatformError, make_platform
 from platforms.local import HAPROXY_MISSING, LocalPlatform
-from tests.platform_fixtures import (
-    KeepAliveClients,
-    free_port,
-    get,
-    local_config,
-    wait_until,
-)
+from tests.kit.load import Load
+from tests.platform_fixtures import free_port, get, local_config
+from tests.platform_fixtures import wait_until as _wait_until
 
 needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="HAProxy is not installed")
 
@@ -46,6 +41,11 @@ def make_local(tmp_path):
     yield make
     for platform in made:
         platform.shutdown()
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
+    """A condition waited for, generously: on a busy machine a slot may take seconds to boot."""
+    return _wait_until(predicate, timeout=timeout)
 
 
 def listen(platform: LocalPlatform) -> str:
@@ -130,34 +130,33 @@ def test_shift_under_20_concurrent_keep_alive_clients_loses_no_request(serving_v
     platform = serving_v1
     platform.start("green", "v2")
     assert wait_until(lambda: platform.health("green").ok)
-    flips = 0
-    with KeepAliveClients(listen(platform), clients=20) as clients:
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:
-            target = "green" if flips % 2 == 0 else "blue"
-            platform.shift({target: 100})
-            flips += 1
-            time.sleep(0.1)
-    assert clients.failed == []
-    assert clients.ok > 500
-    assert set(clients.versions) == {"v1", "v2"}
+    with Load(listen(platform), clients=20) as clients:
+        # 20 flips, and after each one the clients get 25 more answers, however long that takes.
+        for flip in range(20):
+            platform.shift({"green" if flip % 2 == 0 else "blue": 100})
+            answered = clients.count()
+            clients.wait_until(lambda t, n=answered: t.total >= n + 25, what=f"25 answers after flip {flip + 1}")
+    assert clients.failures == []
+    assert clients.total >= 20 * 25
+    assert set(clients.by_version) == {"v1", "v2"}
     assert clients.connections_opened == 20  # no connection was closed under the clients
-    assert flips >= 20
 
 
 @pytest.mark.e2e
 @needs_haproxy
 def test_full_deploy_cycles_with_drain_and_stop_under_load_lose_no_request(serving_v1):
     platform = serving_v1
-    with KeepAliveClients(listen(platform), clients=20) as clients:
+    with Load(listen(platform), clients=20) as clients:
         for live, new, version in (("blue", "green", "v2"), ("green", "blue", "v3")):
             platform.start(new, version)
             assert wait_until(lambda s=new: platform.health(s).ok)
             platform.shift({new: 100})
-            platform.drain(live, timeout=5)
+            clients.wait_until(lambda t, v=version: t.by_version[v] >= 20, what=f"answers from {version}")
+            platform.drain(live, timeout=15)
             platform.stop(live)
-    assert clients.failed == []
-    assert {"v1", "v2", "v3"} <= set(clients.versions)
+        clients.wait_until(lambda t: t.by_version["v3"] >= 100, what="answers from v3 once v2 is stopped")
+    assert clients.failures == []
+    assert {"v1", "v2", "v3"} <= set(clients.by_version)
     assert platform.status().live_version == "v3"
 
 
@@ -227,10 +226,9 @@ def test_drain_waits_for_the_last_session_on_the_old_slot(serving_v1):
     assert wait_until(lambda: platform.router_stats()["blue"].current_sessions == 1)
     platform.shift({"blue": 0, "green": 100})
 
-    started = time.monotonic()
-    platform.drain("blue", timeout=5)
-    waited = time.monotonic() - started
-    assert 0.3 < waited < 3
+    platform.drain("blue", timeout=15)
+    # Had drain returned before the session ended, the slow request (a second long) would still
+    # be open on blue now.
     assert platform.router_stats()["blue"].current_sessions == 0
     slow.join()
     assert answers == [(200, "v1 after 1 s\n")]
@@ -297,15 +295,14 @@ def test_stop_ends_the_slot_and_can_be_repeated(serving_v1):
 @pytest.mark.e2e
 @needs_haproxy
 def test_stop_kills_a_slot_that_ignores_sigterm(tmp_path):
-    cfg = local_config(tmp_path, run="trap '' TERM; : {port}; sleep 30")
+    cfg = local_config(tmp_path, run="trap '' TERM; : {port}; sleep 600")
     platform = LocalPlatform("web", "production", cfg.services["web"], tmp_path / "state", stop_timeout=0.3)
     try:
         platform.start("blue", "stubborn")
         pid = slot_pid(platform, "blue")
-        started = time.monotonic()
+        assert live_group_members(pid) != []
         platform.stop("blue")
-        assert time.monotonic() - started < 2
-        assert live_group_members(pid) == []
+        assert live_group_members(pid) == []  # it would have run for ten minutes: it was killed
     finally:
         platform.shutdown()
 
@@ -427,7 +424,7 @@ def test_demo_app_turns_bad_after_the_configured_seconds():
     try:
         address = f"127.0.0.1:{port}"
         assert wait_until(lambda: _answers(address))
-        assert wait_until(lambda: get(address, "/api/v1/health")[0] == 500, timeout=3)
+        assert wait_until(lambda: get(address, "/api/v1/health")[0] == 500)
         assert get(address, "/version")[0] == 500
     finally:
         proc.kill()

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from commands.flags import Change, FlagBook, Scope
-from tests.fake_slack import FakeSlack
 from tests.harness import APPROVER_1, BASE_CONFIG, start_server
+from tests.kit.slack import FakeSlack
 
 AUTH = {"Authorization": "Bearer test-key"}
 ONE = "/ofrep/v1/evaluate/flags/"

@@ -10,8 +10,8 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
-from tests.fake_slack import FakeSlack
 from tests.harness import APPROVER_1, start_server
+from tests.kit.slack import FakeSlack
 
 
 @pytest.fixture(scope="module")
