@@ -47,12 +47,19 @@ class Runtime:
     scheduler: BackgroundScheduler
     signing_secret: str
     extras: dict[str, Any] = field(default_factory=dict)
+    # Answers to people run on executors of their own, never behind pipelines and bakes (`worker`):
+    # slash commands and card clicks on `answers`, rollback clicks on `rollbacks`.
+    answers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=32, thread_name_prefix="recess-answer"))
+    rollbacks: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=8, thread_name_prefix="recess-rollback"))
 
     def now(self) -> dt.datetime:
         return self.clock()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Hands work off the listener pool; errors are logged, never raised into Bolt."""
+    def submit(self, fn: Callable[..., Any], *args: Any, on: ThreadPoolExecutor | None = None, **kwargs: Any) -> None:
+        """Hands work off the listener pool (to `worker`, or the executor `on`); errors are
+        logged, never raised into Bolt."""
 
         def guarded() -> None:
             try:
@@ -60,7 +67,7 @@ class Runtime:
             except Exception:
                 log.exception("background work %s failed", getattr(fn, "__name__", fn))
 
-        self.worker.submit(guarded)
+        (on or self.worker).submit(guarded)
 
     def start(self) -> None:
         self.outbox.start()
@@ -73,7 +80,8 @@ class Runtime:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.outbox.stop()
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.worker, self.answers, self.rollbacks):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> HealthReport:
         """What /healthz answers: a real write to the store, the scheduler, stuck deploys, the outbox."""

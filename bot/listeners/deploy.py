@@ -8,6 +8,7 @@ from typing import Any
 
 from slack_bolt import App
 
+from bot.acks import answer, later
 from bot.deploying import deployer_of
 from bot.listeners.text import ParseError, split_args
 from bot.runtime import Runtime
@@ -141,15 +142,17 @@ def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None]:
 def register(app: App, rt: Runtime) -> None:
     @app.command("/deploy")
     def deploy_command(ack, command, respond) -> None:  # noqa: ANN001
-        reply = handle_deploy(rt, command["user_id"], command.get("text", ""))
-        deploy_id = reply.pop("deploy_id", None)
-        ack(**reply)
-        if deploy_id:
-            rt.submit(link_card, rt, deploy_id, respond)
+        def linked(reply: dict[str, Any]) -> None:
+            if reply.get("deploy_id"):
+                link_card(rt, reply["deploy_id"], respond)
+
+        answer(rt, ack, respond, lambda: handle_deploy(rt, command["user_id"], command.get("text", "")),
+               what="your /deploy", after=linked)
 
     @app.command("/rollback")
-    def rollback_command(ack, command) -> None:  # noqa: ANN001
-        ack(**handle_rollback(rt, command["user_id"], command.get("text", "")))
+    def rollback_command(ack, command, respond) -> None:  # noqa: ANN001
+        answer(rt, ack, respond, lambda: handle_rollback(rt, command["user_id"], command.get("text", "")),
+               what="your /rollback")
 
     def on_click(verb: str):  # noqa: ANN202
         def listener(ack, body, respond) -> None:  # noqa: ANN001
@@ -157,7 +160,7 @@ def register(app: App, rt: Runtime) -> None:
             ack()
             user, deploy_id, card_ts = _click(body)
 
-            def work() -> None:
+            def work() -> str | None:
                 deployer = deployer_of(rt)
                 try:
                     if deploy_id is None:
@@ -165,7 +168,7 @@ def register(app: App, rt: Runtime) -> None:
                     if verb == "approve":
                         note = deployer.approve(deploy_id, user, card_ts=card_ts)
                         if note != "approved":
-                            respond(text=f":ballot_box_with_check: {note}.", response_type="ephemeral", replace_original=False)
+                            return f":ballot_box_with_check: {note}."
                     elif verb == "reject":
                         deployer.reject(deploy_id, user, card_ts=card_ts)
                     elif verb == "cancel":
@@ -176,9 +179,12 @@ def register(app: App, rt: Runtime) -> None:
                 except DeployError as exc:
                     d = deployer.get(deploy_id) if deploy_id else None
                     where = f" (<{thread_link(d)}|thread>)" if d else ""
-                    respond(text=f":warning: {exc}{where}", response_type="ephemeral", replace_original=False)
+                    return f":warning: {exc}{where}"
+                return None
 
-            rt.submit(work)
+            # Rollback clicks have an executor of their own: never behind pipelines or other answers.
+            later(rt, respond, work, on=rt.rollbacks if verb == "rollback" else None,
+                  what="your rollback click" if verb == "rollback" else f"your {verb} click")
 
         listener.__name__ = f"{verb}_clicked"
         return listener
