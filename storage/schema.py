@@ -138,4 +138,13 @@ MIGRATIONS: list[list[str]] = [
             pid INTEGER NOT NULL
         )""",
     ],
+    # 3: the deploy queue and the card's buttons. `click_token` is a random token every button of
+    # the deploy's card carries (a click with another token is refused, whatever message it came
+    # from); `approved_at` orders the queue (approved first, started first); `stopped_by` is the
+    # approver who pressed Stop on a running deploy.
+    [
+        "ALTER TABLE deploys ADD COLUMN click_token TEXT",
+        "ALTER TABLE deploys ADD COLUMN approved_at TEXT",
+        "ALTER TABLE deploys ADD COLUMN stopped_by TEXT",
+    ],
 ]
