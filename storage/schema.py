@@ -147,4 +147,22 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE deploys ADD COLUMN approved_at TEXT",
         "ALTER TABLE deploys ADD COLUMN stopped_by TEXT",
     ],
+    # 4: what the Slack edge has seen (storage/replays.py). `seen_signatures` holds the signature
+    # of every signed request until its timestamp is more than 5 minutes old (after that Slack's
+    # signature is stale anyway), with a digest of the body to recognise a retry of it;
+    # `seen_events` holds Events API event IDs for an hour, so Slack's retries act once.
+    [
+        """CREATE TABLE seen_signatures (
+            signature TEXT PRIMARY KEY,
+            body_sha256 TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX seen_signatures_body ON seen_signatures(body_sha256)",
+        "CREATE INDEX seen_signatures_expiry ON seen_signatures(expires_at)",
+        """CREATE TABLE seen_events (
+            event_id TEXT PRIMARY KEY,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX seen_events_expiry ON seen_events(expires_at)",
+    ],
 ]
