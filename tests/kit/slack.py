@@ -7,6 +7,8 @@ Answers have Slack's shapes and Slack's errors: `not_authed` without a token, `i
 the wrong one (when the fake was given one), `message_not_found`, `thread_not_found`,
 `unknown_method`, and `channel_not_found` / `user_not_found` when it was told which channels and
 users exist (by default every channel and user exists, and users live in New York).
+`conversations.history` and `conversations.replies` answer with the messages posted, their
+`metadata` included with `include_all_metadata`, as Slack does.
 
 It can be told to answer 429 or 500 for the next N calls of a method (`fail_next`), to test that
 deploys never depend on Slack, and to answer every call after `latency` seconds (Slack itself
@@ -61,6 +63,7 @@ class Message:
     broadcast: bool = False
     ephemeral_to: str | None = None
     edits: int = 0
+    metadata: dict[str, Any] | None = None  # chat.postMessage's `metadata` (event_type, event_payload)
 
     def buttons(self) -> list[tuple[str, dict[str, Any]]]:
         """(block_id, button element) of every button on the message, in order."""
@@ -264,7 +267,8 @@ class FakeSlack:
             if thread_ts and (channel, thread_ts) not in self._by_ts:
                 return {"ok": False, "error": "thread_not_found"}
         broadcast = params.get("reply_broadcast") in (True, "true", "1")
-        message = Message(channel, self._next_ts(), text, blocks, thread_ts=thread_ts, broadcast=broadcast)
+        message = Message(channel, self._next_ts(), text, blocks, thread_ts=thread_ts, broadcast=broadcast,
+                          metadata=_metadata(params.get("metadata")))
         self._record("replied" if thread_ts else "posted", message, new=True)
         return {"ok": True, "channel": channel, "ts": message.ts, "message": message.as_slack()}
 
@@ -281,6 +285,31 @@ class FakeSlack:
             message.edits += 1
         self._record("updated", message, new=False)
         return {"ok": True, "channel": channel, "ts": ts, "text": message.text, "message": message.as_slack()}
+
+    def _api_conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The channel's messages, newest first: top-level ones and replies broadcast to it."""
+        channel = params.get("channel")
+        if not self._known_channel(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        with self._cond:
+            found = [m for m in self.messages if m.channel == channel and m.ephemeral_to is None
+                     and (not m.thread_ts or m.broadcast)]
+        found = _between(found, params)
+        found.reverse()
+        return _page(found, params, default_limit=100, with_metadata=_flag(params.get("include_all_metadata")))
+
+    def _api_conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A thread: its parent first, then the replies in `oldest`..`latest`, oldest first."""
+        channel, ts = params.get("channel"), params.get("ts")
+        if not self._known_channel(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        with self._cond:
+            parent = self._by_ts.get((channel, ts))
+            if parent is None or parent.ephemeral_to is not None:
+                return {"ok": False, "error": "thread_not_found"}
+            replies = [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
+        return _page([parent, *_between(replies, params)], params, default_limit=1000,
+                     with_metadata=_flag(params.get("include_all_metadata")))
 
     def _api_chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         channel, user = params.get("channel"), params.get("user")
@@ -384,6 +413,45 @@ def _blocks(value: Any) -> list[dict[str, Any]]:
         except ValueError:
             return []
     return value if isinstance(value, list) else []
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    """Message metadata as chat.postMessage takes it: a JSON object (or its text, in a form body)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) and value.get("event_type") else None
+
+
+def _flag(value: Any) -> bool:
+    return value in (True, 1, "1", "true")
+
+
+def _between(messages: list[Message], params: dict[str, Any]) -> list[Message]:
+    """Messages whose ts is after `oldest` and before `latest` (both included with `inclusive`)."""
+    inclusive = _flag(params.get("inclusive"))
+    oldest, latest = float(params.get("oldest") or 0), float(params.get("latest") or "inf")
+    return [m for m in messages
+            if (oldest <= float(m.ts) if inclusive else oldest < float(m.ts))
+            and (float(m.ts) <= latest if inclusive else float(m.ts) < latest)]
+
+
+def _page(messages: list[Message], params: dict[str, Any], *, default_limit: int, with_metadata: bool) -> dict[str, Any]:
+    """One page of a conversations.* answer, with Slack's cursor pagination."""
+    cursor = str(params.get("cursor") or "")
+    start = int(cursor.removeprefix("next:")) if cursor.startswith("next:") else 0
+    limit = max(1, min(int(params.get("limit") or default_limit), 1000))
+    shown = []
+    for m in messages[start:start + limit]:
+        out = m.as_slack()
+        if with_metadata and m.metadata:
+            out["metadata"] = m.metadata
+        shown.append(out)
+    more = start + limit < len(messages)
+    return {"ok": True, "messages": shown, "has_more": more,
+            "response_metadata": {"next_cursor": f"next:{start + limit}" if more else ""}}
 
 
 def _handler_for(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
