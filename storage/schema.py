@@ -165,4 +165,18 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX seen_events_expiry ON seen_events(expires_at)",
     ],
+    # 5: the outbox's lanes and states. A row is ordered within its lane (one per deploy), waits
+    #    for `next_at` when a transient failure delays it, and is `sending` from just before
+    #    chat.postMessage until it is known to be in Slack: (channel, thread_ts) say where.
+    [
+        "ALTER TABLE outbox ADD COLUMN state TEXT NOT NULL DEFAULT 'queued'",
+        "ALTER TABLE outbox ADD COLUMN lane TEXT NOT NULL DEFAULT 'general'",
+        "ALTER TABLE outbox ADD COLUMN next_at TEXT",
+        "ALTER TABLE outbox ADD COLUMN channel TEXT",
+        "ALTER TABLE outbox ADD COLUMN thread_ts TEXT",
+        """UPDATE outbox SET
+            state = CASE WHEN sent_at IS NULL THEN 'queued' WHEN error IS NULL THEN 'sent' ELSE 'dropped' END,
+            lane = CASE WHEN deploy_id IS NULL THEN 'general' ELSE 'deploy:' || deploy_id END""",
+        "CREATE INDEX outbox_lanes ON outbox(lane, id) WHERE sent_at IS NULL",
+    ],
 ]
