@@ -11,8 +11,10 @@ stored rows. No Slack imports: what should be said goes through a Notifier.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -70,10 +72,13 @@ class Deployer:
     arm: Callable[[str, dt.datetime, Callable[[], None]], None] = lambda job_id, at, fn: None
     sleep: Callable[[float], None] = field(default=lambda s: threading.Event().wait(s))
     monotonic: Callable[[], float] = time.monotonic
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
     # Deploys whose pipeline (or rollback) runs in this process now; the deploy watchdog recovers
     # every other `running` deploy, since no one is driving it.
     running_here: set[int] = field(default_factory=set)
+    # Stop requests for running deploys, by deploy id: the approver who pressed Stop. The pipeline
+    # checks it at every step and inside its waiting loops.
+    stop_requests: dict[int, str] = field(default_factory=dict)
     # How many times the router watchdog revived each (service, env)'s router: the bake watch
     # fails a bake during which its router died, even when the watchdog was quicker than it.
     router_revivals: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -142,20 +147,15 @@ class Deployer:
         now = self.clock()
         blocked_now = env_cfg.respect_windows and not current_calendar(self.cfg, self.store).is_safe(now)
         with self._lock, self.store.transaction():
-            held = rows.holder(self.store, service, env)
-            if held and held["status"] == "pending" and now - held["created_at"] > self.cfg.environments[env].request_expiry:
-                move(self.store, held["id"], "pending", "cancelled", finished_at=now,
-                                outcome="expired: not approved in time")
-                audit.record(self.store, actor="recess", command=command, action="deploy.expire",
-                             target=f"deploy:{held['id']}", before={"status": "pending"}, after={"status": "cancelled"})
-                self.notify.update_card(held["id"])
-                held = rows.holder(self.store, service, env)
-            if held:
-                raise HeldError(
-                    f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
-                    f"requested by <@{held['requester']}>; see its thread, or cancel it first",
-                    held,
-                )
+            for open_ in rows.open_requests(self.store, service, env):
+                if open_["status"] == "pending" and now - open_["created_at"] > env_cfg.request_expiry:
+                    move(self.store, open_["id"], "pending", "cancelled", finished_at=now, outcome="expired: not approved in time")
+                    audit.record(self.store, actor="recess", command=command, action="deploy.expire",
+                                 target=f"deploy:{open_['id']}", before={"status": "pending"}, after={"status": "cancelled"})
+                    self.notify.update_card(open_["id"])
+                elif open_["version"] == version:
+                    raise DeployError(f"{version} of {service} in {env} is already requested as deploy #{open_['id']} "
+                                      f"({open_['status']}); see its card")
             live = rows.live(self.store, service, env)
             current = live["version"] if live else None
             if current == version:
@@ -183,6 +183,7 @@ class Deployer:
                 lint=lint,
                 channel=self.cfg.bot.channel,
                 created_at=now,
+                click_token=new_click_token(),
             )
             audit.record(
                 self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
@@ -225,6 +226,18 @@ class Deployer:
             raise DeployError(f"this card is not deploy #{deploy_id}'s card; use the newest card in <#{d['channel']}>")
         return d
 
+    def check_button(self, deploy_id: int, token: str | None) -> dict[str, Any]:
+        """A click must carry the token stored with its deploy: a button from another card (or a
+        forged value) is refused, whatever message or container it came from."""
+        d = rows.get(self.store, deploy_id)
+        if d is None:
+            raise DeployError(f"deploy #{deploy_id} does not exist")
+        expected = d.get("click_token")
+        if expected and not (token and hmac.compare_digest(expected, token)):
+            raise DeployError(f"this button does not belong to deploy #{deploy_id}'s card; "
+                              f"use the buttons on its card in <#{d['channel']}>")
+        return d
+
     def blocking_findings(self, deploy_id: int) -> list[dict[str, Any]]:
         d = rows.get(self.store, deploy_id)
         lint = (d or {}).get("lint") or {}
@@ -254,20 +267,25 @@ class Deployer:
                 f"approval is refused while {len(blocking)} migration finding(s) block: "
                 f"{f['file']}:{f['line']} {f['rule']}. {f.get('fix', '')}"
             )
-        with self.store.transaction():
-            now_status = rows.get(self.store, deploy_id)["status"]
-            if now_status != "pending":
-                raise DeployError(f"deploy #{deploy_id} is already {now_status}; nothing to approve")
-            if not rows.add_approval(self.store, deploy_id, actor):
-                raise DeployError("you already approved this deploy; another approver is needed")
-            audit.record(self.store, actor=actor, command="button:approve", action="deploy.approve", target=f"deploy:{deploy_id}",
-                         before={"status": "pending"}, after={"approvals": rows.approvers(self.store, deploy_id)}, at=self.clock())
+        def record() -> None:
+            with self.store.transaction():
+                now_status = rows.get(self.store, deploy_id)["status"]
+                if now_status != "pending":
+                    raise DeployError(f"deploy #{deploy_id} is already {now_status}; nothing to approve")
+                if not rows.add_approval(self.store, deploy_id, actor):
+                    raise DeployError("you already approved this deploy; another approver is needed")
+                audit.record(self.store, actor=actor, command="button:approve", action="deploy.approve",
+                             target=f"deploy:{deploy_id}", before={"status": "pending"},
+                             after={"approvals": rows.approvers(self.store, deploy_id)}, at=self.clock())
+
+        self.store.retrying(record)  # a database another process holds is waited out, not lost
+        needed = self.approvals_needed_now(rows.get(self.store, deploy_id))
         have = len(rows.approvers(self.store, deploy_id))
-        if have >= d["approvals_needed"]:
+        if have >= needed:
             self._approved(deploy_id, actor)
             return "approved"
         self.notify.update_card(deploy_id)
-        return f"approval {have} of {d['approvals_needed']} recorded"
+        return f"approval {have} of {needed} recorded"
 
     def reject(self, deploy_id: int, actor: str, *, card_ts: str | None = None) -> None:
         d = self._load_for_click(deploy_id, card_ts)
@@ -297,50 +315,147 @@ class Deployer:
 
     # -- the queue ----------------------------------------------------------------------------
 
+    def approvals_needed_now(self, d: dict[str, Any]) -> int:
+        """The approvals the deploy needs if it started now. A `--now` deploy needs one more than
+        usual whenever it would run inside school hours or a freeze: counted when approvals are
+        counted, and again when it starts (it may have been requested after school and approved
+        during class)."""
+        needed = d["approvals_needed"]
+        if d["now_reason"] and self.cfg.environments[d["env"]].respect_windows:
+            if not current_calendar(self.cfg, self.store).is_safe(self.clock()):
+                needed = max(needed, self._base_approvals(d) + 1)
+        if needed != d["approvals_needed"]:
+            self.store.retrying(lambda: rows.update(self.store, d["id"], approvals_needed=needed))
+        return needed
+
+    def _base_approvals(self, d: dict[str, Any]) -> int:
+        base = self.cfg.environments[d["env"]].approvals
+        lint = d.get("lint") or {}
+        if lint.get("contract_allowed") and lint.get("contract"):
+            base += 1
+        return base
+
     def _approved(self, deploy_id: int, actor: str | None) -> None:
-        if not move(self.store, deploy_id, "pending", "approved"):
+        if not move(self.store, deploy_id, "pending", "approved", approved_at=self.clock()):
             return  # someone else's click got there first
         d = rows.get(self.store, deploy_id)
         self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor
                            else f":white_check_mark: No approval needed in {d['env']} (`approvals = 0`).")
         self.schedule(deploy_id)
+        d = rows.get(self.store, deploy_id)
+        holder = rows.holder(self.store, d["service"], d["env"])
+        if d["status"] == "approved" and holder and holder["id"] != deploy_id:
+            self.notify.thread(deploy_id, f":hourglass: Waits for deploy #{holder['id']} ({holder['version']}, "
+                                          f"{holder['status'].replace('_', ' ')}): it starts as soon as the service is free, "
+                                          f"in the order approvals completed.")
 
     def schedule(self, deploy_id: int) -> None:
-        """Start an approved (or queued) deploy now if the window allows, else queue it for the bell."""
+        """Passes an approved (or queued) deploy through the window gate, then starts whichever
+        waiting deploy of its service comes first, once the service is free."""
         d = rows.get(self.store, deploy_id)
         if d is None or d["status"] not in ("approved", "queued"):
             return
+        if self._window_gate(d):
+            self.start_next(d["service"], d["env"])
+
+    def _window_gate(self, d: dict[str, Any]) -> bool:
+        """True when `d` may start now as far as the calendar and its approvals go; otherwise it was
+        queued for the next safe window, cancelled, or sent back for its extra `--now` approval."""
+        deploy_id = d["id"]
         now = self.clock()
         env_cfg = self.cfg.environments[d["env"]]
-        if env_cfg.respect_windows and not d["now_reason"]:
-            calendar = current_calendar(self.cfg, self.store)
-            if not calendar.is_safe(now):
-                nxt = calendar.next_safe_window(now)
-                if nxt is None:
-                    move(self.store, deploy_id, ("approved", "queued"), "cancelled", finished_at=now, outcome="no safe window within 400 days")
-                    self.notify.update_card(deploy_id)
-                    self.notify.thread(deploy_id, ":warning: No safe window in the next 400 days; the deploy was cancelled.", broadcast=True)
-                    return
-                requeue = d["status"] == "queued"
-                if move(self.store, deploy_id, ("approved", "queued"), "queued", queued_until=nxt):
-                    self.arm(f"deploy-{deploy_id}", nxt, self.run_due)
-                    self.notify.update_card(deploy_id)
-                    if requeue:
-                        self.notify.thread(deploy_id, ":hourglass: The window closed again (a freeze or school hours); queued for the next safe window.")
-                    else:
-                        self.notify.thread(deploy_id, ":hourglass: Queued until the last school's day ends.")
-                return
-        if move(self.store, deploy_id, ("approved", "queued"), "running", started_at=now):
-            self.running_here.add(deploy_id)  # before the hand-off: the watchdog must not recover it
+        if not env_cfg.respect_windows:
+            return True
+        calendar = current_calendar(self.cfg, self.store)
+        if d["now_reason"]:
+            if calendar.is_safe(now):
+                return True
+            needed = self.approvals_needed_now(d)
+            have = len(rows.approvers(self.store, deploy_id))
+            if have >= needed:
+                return True
+            if move(self.store, deploy_id, ("approved", "queued"), "pending"):
+                self.notify.update_card(deploy_id)
+                self.notify.thread(deploy_id, f":rotating_light: This `--now` deploy would run during school hours or a freeze, "
+                                              f"which needs {needed} approvals; it has {have}. One more approver must approve it.",
+                                   broadcast=True)
+            return False
+        if calendar.is_safe(now):
+            return True
+        nxt = calendar.next_safe_window(now)
+        if nxt is None:
+            move(self.store, deploy_id, ("approved", "queued"), "cancelled", finished_at=now, outcome="no safe window within 400 days")
             self.notify.update_card(deploy_id)
-            self.run_async(lambda: self.run_pipeline(deploy_id))
+            self.notify.thread(deploy_id, ":warning: No safe window in the next 400 days; the deploy was cancelled.", broadcast=True)
+            return False
+        requeue = d["status"] == "queued"
+        if d["status"] == "queued" and d["queued_until"] == nxt:
+            return False
+        if move(self.store, deploy_id, ("approved", "queued"), "queued", queued_until=nxt):
+            self.arm(f"deploy-{deploy_id}", nxt, self.run_due)
+            self.notify.update_card(deploy_id)
+            if requeue:
+                self.notify.thread(deploy_id, ":hourglass: The window closed again (a freeze or school hours); queued for the next safe window.")
+            else:
+                self.notify.thread(deploy_id, ":hourglass: Queued until the last school's day ends.")
+        return False
+
+    def start_next(self, service: str, env: str) -> int | None:
+        """Starts the first waiting deploy of the service (first approved, first started) when no
+        deploy holds its slots and the window allows; returns its id. The only place a deploy
+        request moves to `running`."""
+        with self._lock:
+            if rows.holder(self.store, service, env):
+                return None
+            now = self.clock()
+            for d in rows.waiting(self.store, service, env):
+                if d["status"] == "queued" and d["queued_until"] and d["queued_until"] > now:
+                    continue  # waits for its window
+                if not self._window_gate(d):
+                    continue
+                previous = (rows.live(self.store, service, env) or {}).get("version")
+                if move(self.store, d["id"], ("approved", "queued"), "running", started_at=now, previous_version=previous):
+                    self.running_here.add(d["id"])  # before the hand-off: the watchdog must not recover it
+                    self.notify.update_card(d["id"])
+                    self.run_async(lambda deploy_id=d["id"]: self.run_pipeline(deploy_id))
+                    return d["id"]
+        return None
+
+    def start_waiting(self) -> None:
+        """Starts the next waiting deploy of every service that is free (the sweeps' net)."""
+        for service, env in {(d["service"], d["env"]) for d in rows.with_status(self.store, "approved", "queued")}:
+            try:
+                self.start_next(service, env)
+            except Exception:
+                log.exception("%s/%s: could not start the next waiting deploy", service, env)
+
+    def stop(self, deploy_id: int, actor: str) -> None:
+        """Stop on a running deploy's card: the pipeline aborts at its next check (traffic back on
+        blue, green stopped). Approvers only."""
+        d = rows.get(self.store, deploy_id)
+        if d is None:
+            raise DeployError(f"deploy #{deploy_id} does not exist")
+        if not self.policy.is_approver(actor):
+            raise DeployError("only approvers ([access] approvers) can stop a running deploy")
+        if d["status"] != "running" or d["kind"] != "deploy":
+            raise DeployError(f"deploy #{deploy_id} is {d['status'].replace('_', ' ')}; only a running deploy can be stopped")
+        if deploy_id in self.stop_requests:
+            raise DeployError(f"deploy #{deploy_id} is already stopping (asked by <@{self.stop_requests[deploy_id]}>)")
+        self.stop_requests[deploy_id] = actor
+        self.store.retrying(lambda: rows.update(self.store, deploy_id, stopped_by=actor))
+        audit.record(self.store, actor=actor, command="button:stop", action="deploy.stop", target=f"deploy:{deploy_id}",
+                     before={"status": "running"}, after={"stopping": True}, at=self.clock())
+        self.notify.thread(deploy_id, f":octagonal_sign: <@{actor}> pressed Stop: traffic goes back to blue and green is "
+                                      f"stopped at the pipeline's next check.", broadcast=True)
 
     def run_due(self) -> None:
-        """Starts every queued deploy whose time has come (re-checking the window)."""
+        """Starts every queued deploy whose time has come (re-checking the window), and the next
+        waiting deploy of every service that became free."""
         now = self.clock()
         for d in rows.with_status(self.store, "queued"):
             if d["queued_until"] is None or d["queued_until"] <= now:
                 self.schedule(d["id"])
+        self.start_waiting()
 
     def rearm(self) -> None:
         """At start-up: every queued deploy gets its timer back; overdue ones are checked now."""
@@ -352,7 +467,13 @@ class Deployer:
     def run_pipeline(self, deploy_id: int) -> None:
         from commands.pipeline import Pipeline
 
-        Pipeline(self, deploy_id).run()
+        try:
+            Pipeline(self, deploy_id).run()
+        finally:
+            self.stop_requests.pop(deploy_id, None)
+            row = rows.get(self.store, deploy_id)
+            if row is not None:
+                self.start_next(row["service"], row["env"])  # the next deploy in the queue, if any
 
     # -- keeping blue, then retiring it --------------------------------------------------------
 
@@ -373,7 +494,7 @@ class Deployer:
         if not kept_slot:
             rows.update(self.store, d["id"], blue_retired=1)
             return
-        if [r for r in rows.others_active(self.store, d["service"], d["env"], d["id"]) if r["status"] != "pending"]:
+        if rows.others_active(self.store, d["service"], d["env"], d["id"], rows.HOLDING):
             return  # a deploy or rollback is using the slots now: the 30 s sweep tries again later
         try:
             done = self.traffic.stop(d["service"], d["env"], kept_slot, d["blue_version"], owner=d["id"], drain_timeout=30)
@@ -416,6 +537,7 @@ class Deployer:
                 resolve_attention(self, row)
             except Exception:
                 log.exception("deploy %s: checking whether it still needs attention failed", row["id"])
+        self.start_waiting()
 
     def watch_routers(self) -> list[tuple[str, str, Any]]:
         """Revives the dead router of any service (platforms that run one: local)."""
@@ -466,3 +588,8 @@ class Deployer:
         if service and service not in self.cfg.services:
             raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(self.cfg.services))})")
         return rows.history(self.store, service, limit)
+
+
+def new_click_token() -> str:
+    """The random token every button of a deploy's card carries (stored with the deploy)."""
+    return secrets.token_urlsafe(12)

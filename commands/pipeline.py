@@ -15,7 +15,6 @@ address answers through the router.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from platforms.base import (
     format_weights,
     other_slot,
 )
+from platforms.environment import child_env, redact, secrets_of
 from platforms.hooks import GROUP_KILLED, run_hook
 from storage import audit
 from storage import deploys as rows
@@ -124,6 +124,10 @@ class Pipeline:
         return self.d.persist(lambda: rows.get(self.store, self.id))["status"]
 
     def check_deadline(self) -> None:
+        """Raises when an approver pressed Stop, or the deploy ran past its deploy_timeout."""
+        stopper = self.d.stop_requests.get(self.id)
+        if stopper:
+            raise StepFailed(f"stopped by <@{stopper}>")
         if self.d.clock() >= self.deadline_at:
             raise DeployTimeout(f"the deploy ran past its deploy_timeout of {format_duration(self.env.deploy_timeout)}")
 
@@ -203,24 +207,25 @@ class Pipeline:
             crash_point(name, "after")
         except StepFailed as exc:
             self._finish_step(step_id, "failed", tail(f"{exc}\n{exc.output}"))
-            self.say(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}")
+            self.say(redact(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}", secrets_of(self.svc)))
             raise
         except AutoRollback as exc:
             self._finish_step(step_id, "failed", str(exc))
             raise
         except PlatformError as exc:
             self._finish_step(step_id, "failed", tail(f"{exc}\n{exc.output}"))
-            self.say(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}")
+            self.say(redact(f":x: *{name}* failed after {seconds(self.d.monotonic() - started)}: {exc}", secrets_of(self.svc)))
             raise StepFailed(str(exc), exc.output) from exc
         except Exception as exc:
             log.exception("deploy %s: step %s crashed", self.id, name)
             self._finish_step(step_id, "failed", f"{type(exc).__name__}: {exc}")
-            self.say(f":x: *{name}* failed: {type(exc).__name__}: {exc}")
+            self.say(redact(f":x: *{name}* failed: {type(exc).__name__}: {exc}", secrets_of(self.svc)))
             raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
         status = "skipped" if detail.startswith("skipped") else "succeeded"
         self._finish_step(step_id, status, detail)
         icon = ":fast_forward:" if status == "skipped" else ":white_check_mark:"
-        self.say(f"{icon} *{name}* {seconds(self.d.monotonic() - started)}{': ' + detail if detail else ''}")
+        self.say(redact(f"{icon} *{name}* {seconds(self.d.monotonic() - started)}{': ' + detail if detail else ''}",
+                        secrets_of(self.svc)))
 
     def _finish_step(self, step_id: int, status: str, detail: str) -> None:
         self.d.persist(lambda: rows.finish_step(self.store, step_id, status, detail))
@@ -276,8 +281,8 @@ class Pipeline:
     def smoke(self, green: str) -> str:
         if not self.svc.smoke:
             return "skipped: no smoke command"
-        env = {**os.environ, "RECESS_BASE_URL": self.platform.base_url(green), "RECESS_SERVICE": self.row["service"],
-               "RECESS_VERSION": self.row["version"], "RECESS_ENV": self.row["env"], "RECESS_SLOT": green}
+        env = child_env(self.svc, {"RECESS_BASE_URL": self.platform.base_url(green), "RECESS_SERVICE": self.row["service"],
+                                   "RECESS_VERSION": self.row["version"], "RECESS_ENV": self.row["env"], "RECESS_SLOT": green})
         limit = self.svc.smoke_timeout
         try:
             ran = run_hook(self.svc.smoke, cwd=self.d.cfg.base_dir, env=env, timeout=limit.total_seconds())
@@ -476,7 +481,7 @@ class Pipeline:
         self.d.persist(lambda: audit.record(self.store, actor="recess", command="pipeline", action="deploy.failed",
                                             target=f"deploy:{self.id}", after={"reason": str(exc), "restored": restored}))
         self.d.notify.update_card(self.id)
-        out = f"\n```{tail(exc.output, 1200)}```" if exc.output.strip() else ""
+        out = f"\n```{redact(tail(exc.output, 1200), secrets_of(self.svc))}```" if exc.output.strip() else ""
         self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} of {self.row['version']} failed: {exc}. "
                  f"{restored[:1].upper() + restored[1:]}.{out}", broadcast=True)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from commands.deploys import DeployError, HeldError
+from commands.deploys import DeployError, HeldError, new_click_token
 from commands.states import crash_point, move
 from commands.traffic import TrafficRefused
 from platforms.base import PlatformError, other_slot
@@ -51,9 +51,10 @@ def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platfo
     if held and baking(held):
         live = held  # traffic already moved and the bake watch runs: a person may undo it right now
     elif held:
-        extra = " Cancel it first (button below) to roll back." if held["status"] in ("pending", "approved", "queued") else ""
-        raise HeldError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, {held['status']}) "
-                        f"requested by <@{held['requester']}>.{extra}", held)
+        extra = (" An approver can press Stop on its card, which returns traffic to blue." if held["status"] == "running"
+                 else " Its thread says what recess saw and what to do.")
+        raise HeldError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, "
+                        f"{held['status'].replace('_', ' ')}) requested by <@{held['requester']}>.{extra}", held)
     else:
         live = rows.live(d.store, service, env)
     if live is None or not live["previous_version"]:
@@ -84,7 +85,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
         raise DeployError(f"{p.target} is no longer running next to {p.current}, so it cannot be flipped back during the bake; "
                           f"the bake watch still rolls back on its own if {p.current} fails")
     with d.store.transaction():
-        if rows.others_active(d.store, live["service"], live["env"], live_id):
+        if rows.others_active(d.store, live["service"], live["env"], live_id, rows.HOLDING):
             raise DeployError("a rollback or deploy of this service already started")
         again = rows.get(d.store, live_id)
         still_live = again["status"] == "running" if baking(live) else (rows.live(d.store, live["service"], live["env"]) or {}).get("id") == live_id
@@ -97,6 +98,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             d.store, kind="rollback", service=live["service"], env=live["env"], version=p.target,
             previous_version=p.current, requester=actor, status="running", rollback_of=live_id,
             channel=live["channel"], card_ts=live["card_ts"], started_at=d.clock(), approvals_needed=0,
+            click_token=live["click_token"] or new_click_token(),
             blue_slot=serving if p.blue_alive else None, green_slot=p.blue_slot if p.blue_alive else None,
             blue_version=p.current if p.blue_alive else None,
         )

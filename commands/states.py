@@ -21,8 +21,8 @@ ATTENTION = "needs_attention"
 # The deploy state machine, as data: which statuses each status may move to.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "pending": ("approved", "queued", "running", "rejected", "cancelled"),
-    "approved": ("queued", "running", "cancelled"),
-    "queued": ("queued", "running", "cancelled"),
+    "approved": ("queued", "running", "cancelled", "pending"),  # pending again: a --now needs one more approval
+    "queued": ("queued", "running", "cancelled", "pending"),
     "running": ("succeeded", "failed", "rolled_back", "needs_attention"),
     "needs_attention": ("succeeded", "failed"),
     "succeeded": ("rolled_back",),

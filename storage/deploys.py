@@ -12,9 +12,13 @@ from typing import Any
 
 from storage.db import Store, iso, parse_iso, utcnow
 
-# Statuses that hold the service: no other deploy of it in that environment may start meanwhile.
+# Statuses of a deploy that is not over yet.
 ACTIVE = ("pending", "approved", "queued", "running", "needs_attention")
-_INSTANTS = ("created_at", "updated_at", "queued_until", "started_at", "finished_at", "blue_retire_at", "traffic_at")
+# Statuses that hold the service's slots: no other deploy of it in that environment may start
+# meanwhile; approved ones wait in the queue, in the order their approvals completed.
+HOLDING = ("running", "needs_attention")
+_INSTANTS = ("created_at", "updated_at", "queued_until", "started_at", "finished_at", "blue_retire_at", "traffic_at",
+             "approved_at")
 
 
 def _typed(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -47,20 +51,38 @@ def get(store: Store, deploy_id: int) -> dict[str, Any] | None:
 
 
 def holder(store: Store, service: str, env: str) -> dict[str, Any] | None:
-    """The deploy that holds the service in this environment (pending, queued or running)."""
-    marks = ", ".join("?" for _ in ACTIVE)
+    """The deploy that holds the service's slots in this environment (running, or needing attention)."""
+    marks = ", ".join("?" for _ in HOLDING)
     return _typed(store.row(
         f"SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ({marks}) ORDER BY id LIMIT 1",
-        (service, env, *ACTIVE),
+        (service, env, *HOLDING),
     ))
 
 
-def others_active(store: Store, service: str, env: str, deploy_id: int) -> list[dict[str, Any]]:
-    """Active deploys of the service and environment other than `deploy_id`."""
-    marks = ", ".join("?" for _ in ACTIVE)
+def waiting(store: Store, service: str, env: str) -> list[dict[str, Any]]:
+    """Approved (or queued) deploys of the service and environment, first approved first."""
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ('approved', 'queued')"
+        " ORDER BY COALESCE(approved_at, created_at), id",
+        (service, env),
+    )]
+
+
+def open_requests(store: Store, service: str, env: str) -> list[dict[str, Any]]:
+    """Deploys of the service and environment that are requested but not started yet."""
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ('pending', 'approved', 'queued') ORDER BY id",
+        (service, env),
+    )]
+
+
+def others_active(store: Store, service: str, env: str, deploy_id: int,
+                  statuses: tuple[str, ...] = ACTIVE) -> list[dict[str, Any]]:
+    """Deploys of the service and environment other than `deploy_id` in `statuses` (default: not over)."""
+    marks = ", ".join("?" for _ in statuses)
     return [_typed(r) for r in store.rows(
         f"SELECT * FROM deploys WHERE service = ? AND env = ? AND status IN ({marks}) AND id != ? ORDER BY id",
-        (service, env, *ACTIVE, deploy_id),
+        (service, env, *statuses, deploy_id),
     )]
 
 

@@ -209,13 +209,65 @@ def test_bad_deploy_requests_are_refused_and_store_nothing(make, kw, message):
     assert d.store.execute("SELECT count(*) FROM deploys").fetchone()[0] == before
 
 
-def test_one_deploy_at_a_time_per_service_and_environment(make):
+def test_a_deploy_requested_while_another_runs_waits_and_starts_after_it_in_approval_order(make):
+    d, fake, _ = make()
+    runs: list[int] = []
+    first = d.request(actor=ENGINEER, service="web", version="v2")
+    third_id: list[int] = []
+    original_start = fake.start
+
+    def start(slot, version):  # noqa: ANN001 (while v2 runs, two more deploys are requested and approved)
+        original_start(slot, version)
+        runs.append(version)
+        d.clock.advance(minutes=1)  # each deploy takes its time
+        if version == "v2":
+            second = d.request(actor=APPROVER_2, service="web", version="v3")
+            third = d.request(actor=ENGINEER, service="web", version="v4")
+            third_id.append(third["id"])
+            d.approve(third["id"], APPROVER_2)  # v4's approvals complete first...
+            d.clock.advance(seconds=1)
+            d.approve(second["id"], APPROVER_1)  # ...then v3's
+            assert rows.get(d.store, second["id"])["status"] == "approved"  # waits: v2 holds the slots
+            assert "Waits for deploy #" in d.notify.text()
+
+    fake.start = start
+    d.approve(first["id"], APPROVER_1)
+    assert runs == ["v2", "v4", "v3"]  # one at a time, in the order approvals completed
+    assert rows.live(d.store, "web", "production")["version"] == "v3"
+    assert rows.get(d.store, third_id[0])["previous_version"] == "v2"  # read when it started, not requested
+    # The same version twice is refused; another environment is another queue.
+    with pytest.raises(DeployError, match="already live"):
+        d.request(actor=ENGINEER, service="web", version="v3")
+    assert d.request(actor=ENGINEER, service="web", version="v3", env="staging")["status"] == "succeeded"
+
+
+def test_the_same_version_requested_twice_is_refused_naming_the_first_request(make):
     d, _, _ = make()
     first = d.request(actor=ENGINEER, service="web", version="v2")
-    with pytest.raises(DeployError, match=f"held by deploy #{first['id']}"):
-        d.request(actor=APPROVER_2, service="web", version="v3")
-    # Another environment is another lock.
-    assert d.request(actor=ENGINEER, service="web", version="v3", env="staging")["status"] == "succeeded"
+    with pytest.raises(DeployError, match=f"already requested as deploy #{first['id']}"):
+        d.request(actor=APPROVER_2, service="web", version="v2")
+
+
+def test_an_approver_can_stop_a_running_deploy_and_traffic_returns_to_blue(make):
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "30s"', 1)
+    d, fake, _ = make(base=base)
+    ticker = d.sleep
+    refused = []
+
+    def sleep(seconds):  # noqa: ANN001 (during the bake an approver presses Stop)
+        ticker(seconds)
+        row = rows.holder(d.store, "web", "production")
+        if row and row["traffic_at"] and row["id"] not in d.stop_requests:
+            with pytest.raises(DeployError, match="only approvers"):
+                d.stop(row["id"], ENGINEER)
+            refused.append(row["id"])
+            d.stop(row["id"], APPROVER_2)
+
+    d.sleep = sleep
+    result = deploy_and_approve(d)
+    assert refused
+    assert result["status"] == "failed" and "stopped by <@U0APPROVER2>" in result["outcome"]
+    assert fake.weights == {"blue": 100, "green": 0} and not fake.running["green"]
 
 
 def test_decided_and_cancelled_requests_refuse_clicks(make):
@@ -474,13 +526,14 @@ def test_a_recovery_that_cannot_read_the_platform_leaves_traffic_alone_and_asks_
     assert rows.get(d.store, req["id"])["status"] == "needs_attention"
     assert not [c for c in fake.calls if c[0] in ("shift", "stop")]
     assert "needs attention" in d.notify.text() and "A person needs to look now" in d.notify.text()
-    with pytest.raises(DeployError, match="needs_attention"):  # held until the traffic is known good
-        d.request(actor=ENGINEER, service="web", version="v3")
+    waiting = d.request(actor=ENGINEER, service="web", version="v3")  # accepted, but it waits
+    d.approve(waiting["id"], APPROVER_1)
+    assert rows.get(d.store, waiting["id"])["status"] == "approved"  # held until the traffic is known good
     fake.fail.clear()  # the platform answers again: blue (v1) serves 100% and is healthy
     d.watch_deploys()
     assert rows.get(d.store, req["id"])["status"] == "failed"
     assert "Resolved" in d.notify.text()
-    assert d.request(actor=ENGINEER, service="web", version="v3")["status"] == "pending"
+    assert rows.get(d.store, waiting["id"])["status"] == "succeeded"  # the queue moved on
 
 
 def test_a_platform_error_during_a_rollback_frees_the_service_and_says_so(make):
@@ -532,3 +585,32 @@ def test_the_state_machine_refuses_a_move_that_is_not_in_its_table(make):
     assert rows.get(d.store, req["id"])["status"] == "pending"
     assert move(d.store, req["id"], "pending", "cancelled") is True
     assert move(d.store, req["id"], "pending", "cancelled") is False  # a second click changes nothing
+
+
+def test_a_now_deploy_requested_after_school_and_approved_during_class_needs_its_extra_approval(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    req = d.request(actor=ENGINEER, service="web", version="v2", now_reason="fixes the gradebook")
+    assert req["approvals_needed"] == 1  # after school: no override needed yet
+    clock.set(IN_SCHOOL)  # approved the next morning, during class
+    assert d.approve(req["id"], APPROVER_1) == "approval 1 of 2 recorded"
+    assert rows.get(d.store, req["id"])["status"] == "pending"
+    assert not [c for c in fake.calls if c[0] == "start"]
+    assert d.approve(req["id"], APPROVER_2) == "approved"
+    assert rows.get(d.store, req["id"])["status"] == "succeeded"
+
+
+def test_a_now_deploy_approved_after_school_that_starts_during_class_goes_back_for_its_extra_approval(make):
+    clock = FakeClock(AFTER_SCHOOL)
+    d, fake, _ = make(clock=clock)
+    blocker = d.request(actor=ENGINEER, service="web", version="v2")
+    rows.transition(d.store, blocker["id"], "pending", "running", started_at=AFTER_SCHOOL)  # holds the slots
+    req = d.request(actor=ENGINEER, service="web", version="v3", now_reason="fixes the gradebook")
+    d.approve(req["id"], APPROVER_1)
+    assert rows.get(d.store, req["id"])["status"] == "approved"  # waits behind the running deploy
+    clock.set(IN_SCHOOL)
+    rows.transition(d.store, blocker["id"], "running", "failed")
+    d.start_waiting()  # the service is free during class: the override now costs one more approval
+    row = rows.get(d.store, req["id"])
+    assert row["status"] == "pending" and row["approvals_needed"] == 2
+    assert "would run during school hours" in d.notify.text()
