@@ -155,11 +155,22 @@ class BotSection(Strict):
         return v
 
 
+def _team_id(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"T[A-Z0-9]{2,}", v):
+        raise ValueError(f"expected a Slack team ID like 'T0123ABCD', got {v!r}")
+    return v
+
+
+TeamId = Annotated[str, AfterValidator(_team_id)]
+
+
 class AccessSection(Strict):
     deployers: list[SlackId] = []
     approvers: list[SlackId] = []
     flag_admins: list[SlackId] = []
     usergroup_cache: Duration = dt.timedelta(minutes=5)
+    # Workspaces served besides the installed one (auth.test); empty: the installed one only.
+    teams: list[TeamId] = []
 
 
 class SchoolHours(Strict):
