@@ -74,3 +74,10 @@ def usage_reply(problem: str, usage: str) -> dict[str, Any]:
 
 def ephemeral(text: str, blocks: list[Block] | None = None) -> dict[str, Any]:
     return {"response_type": "ephemeral", "text": text, "blocks": render(blocks or [section(text)])}
+
+
+def escape_mrkdwn(text: str | None) -> str:
+    """User-typed text made inert in mrkdwn, as Slack specifies: `&`, `<` and `>` escaped, so a
+    typed `<!channel>` or `<https://evil.example|recess>` shows as typed instead of pinging everyone
+    or disguising a link."""
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
