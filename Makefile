@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps clean serve
+.PHONY: demo test test-busy lint bench system-deps clean serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP) system-deps
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
+
+# The same suite on a busy machine: two CPU-bound processes run beside it (scripts/busy.sh starts
+# them, and stops them afterwards, also when the suite fails).
+test-busy: $(STAMP) system-deps
+	./scripts/busy.sh $(MAKE) --no-print-directory test
 
 serve: $(STAMP) system-deps
 	RECESS_CONFIG=recess.toml $(VENV)/bin/recess serve
