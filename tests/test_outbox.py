@@ -1,4 +1,7 @@
-"""The Slack outbox keeps going: store errors, Slack outages and broken messages never stop it."""
+"""The Slack outbox keeps going: store errors, Slack outages and broken messages never stop it.
+
+Its delivery promises (what is retried, order per deploy, never twice) are in test_outbox_guarantees.py.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +47,10 @@ def test_a_message_recess_cannot_build_is_dropped_after_a_few_tries_and_the_rest
         outbox.post_card(1, "C0DEPLOYS")
         outbox.post("C0DEPLOYS", "the next message")
         assert outbox.flush(timeout=10)
-        assert slack.texts() == ["the next message"]
+        assert slack.texts() == [
+            "the next message",
+            "recess could not post a message for deploy #1: recess could not build it (KeyError, 5 tries); see the log",
+        ]
         assert store.row("SELECT error FROM outbox WHERE method = 'card.post'")["error"].startswith("KeyError")
     finally:
         outbox.stop()
