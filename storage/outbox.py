@@ -66,6 +66,14 @@ def newer_update_queued(store: Store, deploy_id: int, row_id: int) -> bool:
     ) is not None
 
 
+def notice_told(store: Store, text: str, *, since: dt.datetime) -> bool:
+    """True when a channel notice with this text was queued at or after `since`."""
+    return store.row(
+        "SELECT id FROM outbox WHERE method = 'notice' AND created_at >= ? AND json_extract(payload, '$.text') = ? LIMIT 1",
+        (iso(since), text),
+    ) is not None
+
+
 def begin_sending(store: Store, row_id: int, *, channel: str, thread_ts: str | None) -> None:
     """Written before chat.postMessage: from here on the row may be in Slack."""
     store.execute("UPDATE outbox SET state = 'sending', channel = ?, thread_ts = ? WHERE id = ?",
