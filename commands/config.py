@@ -20,10 +20,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from platforms.environment import VARIABLE_NAME, never_passed
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FLAG_KEY = re.compile(r"^[a-z0-9._-]+$")
@@ -298,6 +301,15 @@ class MigrationRunner(Strict):
         return v
 
 
+def _check_variable(name: str, key: str) -> None:
+    if not VARIABLE_NAME.fullmatch(name):
+        raise ValueError(f"expected environment variable names of A-Z, a-z, 0-9 and '_' (not starting with a digit), "
+                         f"got {name!r}")
+    refused = never_passed(name)
+    if refused:
+        raise ValueError(f"expected no Slack credential in {key}: {refused}")
+
+
 class Service(Strict):
     platform: Literal["local", "command"]
     health_path: str = "/health"
@@ -310,6 +322,36 @@ class Service(Strict):
     environments: list[str] | None = None
     local: LocalPlatform | None = None
     command: CommandPlatform | None = None
+    # What the service's processes see beyond PATH, HOME, LANG, LC_*, TZ and RECESS_*
+    # (platforms/environment.py): these names with these values, and these names copied from
+    # recess's own environment.
+    env: dict[str, str] = {}
+    pass_env: list[str] = []
+    # Values its processes must never see, set by Config from the rest of the file (the OFREP keys).
+    _withheld: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def withheld(self) -> tuple[str, ...]:
+        return self._withheld
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            _check_variable(name, "env")
+            if name.startswith("RECESS_"):
+                raise ValueError(f"expected names other than RECESS_* (recess sets those for each deploy), got {name!r}")
+        return v
+
+    @field_validator("pass_env")
+    @classmethod
+    def _pass_env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _check_variable(name, "pass_env")
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:
+            raise ValueError(f"expected each name once, got {', '.join(twice)} twice")
+        return v
 
     @field_validator("health_path")
     @classmethod
@@ -358,6 +400,11 @@ class Config(Strict):
                         f"services.{name}.environments: {env!r} is not one of "
                         f"{', '.join(self.environments)}"
                     )
+            for var, value in svc.env.items():
+                if any(key and key in value for key in self.flags.api_keys):
+                    raise ValueError(f"services.{name}.env.{var}: expected no OFREP key: its value holds one of "
+                                     f"[flags] api_keys, and OFREP keys are never passed to a service's processes")
+            svc._withheld = tuple(self.flags.api_keys)
         return self
 
     # -- derived values --------------------------------------------------------------------------

@@ -9,8 +9,10 @@ command as environment variables, never spliced into the command text:
     RECESS_WEIGHTS                shift: "blue=0,green=100"
     RECESS_WEIGHT_BLUE/_GREEN     shift: the two numbers on their own
 
-A non-zero exit is a failure: PlatformError names the command and its exit code, and carries the
-command's output. Each command runs in a session of its own (platforms.hooks.run_hook): when it
+A non-zero exit is a failure: PlatformError names the operation (never the command's text, which
+goes to the log only: the message is posted to the deploy's thread) and its exit code, and carries
+the command's output. Each command gets only the allow-listed environment of
+platforms/environment.py: recess's Slack credentials never reach it. Each command runs in a session of its own (platforms.hooks.run_hook): when it
 runs out of time its whole process group is killed, so nothing it started can still act later,
 and the error says so. `status` prints JSON, see `parse_status`. The contract is in docs/blue-green.md.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from platforms.base import (
     checked_weights,
     format_weights,
 )
+from platforms.environment import child_env
 from platforms.hooks import GROUP_KILLED, HookResult, run_hook, seconds
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ class CommandPlatform:
             raise PlatformError(f"service {service!r} has no [services.{service}.command] table")
         self.service = service
         self.env = env
+        self.spec = spec
         self.commands = spec.command
         self.state_dir = Path(state_dir).absolute()
         self.workdir = Path(workdir).absolute() if workdir else Path.cwd()
@@ -75,7 +78,7 @@ class CommandPlatform:
 
     def status(self) -> Traffic:
         output = self._run("status", self.commands.status, {}, timeout=self.status_timeout)
-        return parse_status(output, self.commands.status)
+        return parse_status(output)
 
     def start(self, slot: str, version: str) -> None:
         _check_slot(slot)
@@ -103,7 +106,7 @@ class CommandPlatform:
             if state.running:
                 return Health(ok=True, detail=f"no health command; status shows {state.version} in {slot}")
             return Health(ok=False, detail=f"no health command; status shows nothing running in {slot}")
-        ran = self._exec(self.commands.health, {"RECESS_SLOT": slot}, timeout=self.status_timeout)
+        ran = self._exec("health", self.commands.health, {"RECESS_SLOT": slot}, timeout=self.status_timeout)
         if ran.timed_out:
             return Health(ok=False, detail=f"health command timed out after {seconds(self.status_timeout)}; "
                                            f"{GROUP_KILLED}")
@@ -122,7 +125,7 @@ class CommandPlatform:
         if not self.commands.migrate:
             return Result(ok=True, output="no migrate command")
         extra = {**dict(env), "RECESS_SLOT": slot, "RECESS_VERSION": version}
-        ran = self._exec(self.commands.migrate, extra, timeout=self.migrate_timeout)
+        ran = self._exec("migrate", self.commands.migrate, extra, timeout=self.migrate_timeout)
         if ran.timed_out:
             return Result(ok=False, output=_trim(ran.output) + f"\n(migrate command timed out after "
                                                                f"{seconds(self.migrate_timeout)}; {GROUP_KILLED})")
@@ -148,28 +151,32 @@ class CommandPlatform:
     # -- running commands ------------------------------------------------------------------------
 
     def _env(self, extra: Mapping[str, str]) -> dict[str, str]:
-        return {**os.environ, "RECESS_SERVICE": self.service, "RECESS_ENV": self.env, **dict(extra)}
+        return child_env(self.spec, {"RECESS_SERVICE": self.service, "RECESS_ENV": self.env, **dict(extra)})
 
-    def _exec(self, command: str, extra: Mapping[str, str], timeout: float | None) -> HookResult:
+    def _exec(self, what: str, command: str, extra: Mapping[str, str], timeout: float | None) -> HookResult:
         try:
             return run_hook(command, cwd=self.workdir, env=self._env(extra), timeout=timeout)
         except OSError as exc:
-            raise PlatformError(f"cannot run {command!r}: {exc}") from None
+            log.warning("%s/%s: cannot run the %s command %r: %s", self.service, self.env, what, command, exc)
+            raise PlatformError(f"cannot run the {what} command: {exc.strerror or exc}") from None
 
     def _run(self, what: str, command: str, extra: Mapping[str, str], timeout: float | None = None) -> str:
-        """Runs an operation's command; returns its stdout, raises PlatformError unless it exits 0."""
+        """Runs an operation's command; returns its stdout, raises PlatformError unless it exits 0.
+
+        The error names the operation, not the command: its text goes to the log, not to Slack."""
         limit = self.timeout if timeout is None else timeout
-        ran = self._exec(command, extra, timeout=limit)
+        ran = self._exec(what, command, extra, timeout=limit)
         if ran.timed_out:
-            raise PlatformError(f"{what} command {command!r} timed out after {seconds(limit)}; {GROUP_KILLED}",
+            log.warning("%s/%s: the %s command %r timed out", self.service, self.env, what, command)
+            raise PlatformError(f"{what} command timed out after {seconds(limit)}; {GROUP_KILLED}",
                                 output=_trim(ran.output))
         if ran.code != 0:
-            raise PlatformError(f"{what} command {command!r} failed with exit code {ran.code}",
-                                output=_trim(ran.output))
+            log.warning("%s/%s: the %s command %r exited %s", self.service, self.env, what, command, ran.code)
+            raise PlatformError(f"{what} command failed with exit code {ran.code}", output=_trim(ran.output))
         return ran.stdout
 
 
-def parse_status(output: str, command: str = "status") -> Traffic:
+def parse_status(output: str) -> Traffic:
     """Reads the JSON printed by a `status` command:
 
     {"weights": {"blue": 100, "green": 0}, "versions": {"blue": "v1", "green": null}}
@@ -180,21 +187,21 @@ def parse_status(output: str, command: str = "status") -> Traffic:
     try:
         data: Any = json.loads(output)
     except ValueError as exc:
-        raise PlatformError(f"status command {command!r} did not print JSON ({exc})", output=_trim(output)) from None
+        raise PlatformError(f"status command did not print JSON ({exc})", output=_trim(output)) from None
     if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
         raise PlatformError(
-            f"status command {command!r} printed JSON without a \"weights\" object", output=_trim(output)
+            "status command printed JSON without a \"weights\" object", output=_trim(output)
         )
     versions = data.get("versions") or {}
     running = data.get("running") or {}
     if not isinstance(versions, dict) or not isinstance(running, dict):
-        raise PlatformError(f"status command {command!r}: \"versions\" and \"running\" must be objects",
+        raise PlatformError("status command: \"versions\" and \"running\" must be objects",
                             output=_trim(output))
     slots = {}
     for slot in SLOTS:
         weight = data["weights"].get(slot, 0)
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise PlatformError(f"status command {command!r}: weights.{slot} must be a whole number, got {weight!r}",
+            raise PlatformError(f"status command: weights.{slot} must be a whole number, got {weight!r}",
                                 output=_trim(output))
         version = versions.get(slot)
         if version is not None and not isinstance(version, str):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from platforms.base import SLOTS, Health, PlatformError, Result, RouterStats, SlotState, Traffic
+from platforms.environment import child_env
 from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, Revival
 from platforms.hooks import GROUP_KILLED, run_hook
 from platforms.host import StateLock, proc_start, proc_stat, tail, write_atomic
@@ -73,6 +74,7 @@ class LocalPlatform:
             raise PlatformError(f"service {service!r} has no [services.{service}.local] table")
         self.service = service
         self.env = env
+        self.spec = spec  # its env and pass_env: what the slots and migrations see (child_env)
         self.settings = spec.local
         self.health_path = spec.health_path
         self.state_dir = Path(state_dir).absolute()
@@ -134,7 +136,7 @@ class LocalPlatform:
             log_path = self._path(f"{slot}.log")
             if log_path.exists():
                 os.replace(log_path, self._path(f"{slot}.log.1"))  # keep the previous run's output
-            env = {**os.environ, **self._recess_env(slot, version, port)}
+            env = child_env(self.spec, self._recess_env(slot, version, port))
             with open(log_path, "wb") as out:
                 try:
                     proc = subprocess.Popen(
@@ -214,7 +216,7 @@ class LocalPlatform:
             return Result(ok=True, output="no migrate command")
         port = self._port(slot)
         command = self._command(self.settings.migrate, version=version, port=port)
-        full_env = {**os.environ, **self._recess_env(slot, version, port), **dict(env)}
+        full_env = child_env(self.spec, {**self._recess_env(slot, version, port), **dict(env)})
         try:
             ran = run_hook(command, cwd=self.workdir, env=full_env, timeout=self.migrate_timeout)
         except OSError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from commands.config import Config, parse_config
 from platforms import CommandPlatform, LocalPlatform, PlatformError, make_platform
 from platforms.command import parse_status
 from platforms.hooks import run_hook
@@ -17,11 +18,18 @@ from tests.platform_fixtures import HERE, command_config, local_config
 FAKE = f"{sys.executable} {HERE / 'fake_platform.py'}"
 
 
+def fake_config(tmp_path: Path, **commands: str) -> Config:
+    """Hooks that are fake_platform.py: its state folder comes through `env`, FAKE_FAIL through
+    `pass_env` (hooks see nothing else of the test's environment)."""
+    service = {"platform": "command", "command": commands,
+               "env": {"FAKE_STATE": str(tmp_path / "fake")}, "pass_env": ["FAKE_FAIL"]}
+    return parse_config({"services": {"web": service}}, base_dir=tmp_path)
+
+
 @pytest.fixture
-def scripted(tmp_path, monkeypatch):
+def scripted(tmp_path):
     """A command platform whose hooks are tests/platform_fixtures/fake_platform.py."""
-    monkeypatch.setenv("FAKE_STATE", str(tmp_path / "fake"))
-    cfg = command_config(
+    cfg = fake_config(
         tmp_path,
         start=f"{FAKE} start",
         stop=f"{FAKE} stop",
@@ -69,12 +77,14 @@ def test_each_hook_gets_the_deploys_values_as_recess_variables(scripted):
                               "PGOPTIONS": "-c lock_timeout=5s"}
 
 
-def test_a_failing_hook_names_the_command_and_exit_code_and_keeps_its_output(scripted, monkeypatch):
+def test_a_failing_hook_names_the_operation_and_exit_code_but_not_the_command_and_keeps_its_output(
+        scripted, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL", "start")
     with pytest.raises(PlatformError) as err:
         scripted.start("green", "v2")
-    assert "start command" in str(err.value) and "fake_platform.py start" in str(err.value)
-    assert "exit code 7" in str(err.value)
+    # The message is posted to the deploy's thread: the command's text stays in the log.
+    assert str(err.value) == "start command failed with exit code 7"
+    assert "fake_platform.py" not in str(err.value)
     assert "start went wrong on purpose" in err.value.output
 
 
@@ -95,9 +105,8 @@ def test_health_is_the_health_hooks_exit_code(scripted):
     assert scripted.health("green").ok
 
 
-def test_without_a_health_hook_a_slot_is_healthy_when_status_shows_its_version(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAKE_STATE", str(tmp_path / "fake"))
-    cfg = command_config(tmp_path, start=f"{FAKE} start", stop=f"{FAKE} stop",
+def test_without_a_health_hook_a_slot_is_healthy_when_status_shows_its_version(tmp_path):
+    cfg = fake_config(tmp_path, start=f"{FAKE} start", stop=f"{FAKE} stop",
                          shift=f"{FAKE} shift", status=f"{FAKE} status")
     platform = make_platform(cfg, "web", "production")
     assert not platform.health("green").ok
@@ -189,7 +198,7 @@ def test_a_timed_out_hooks_children_are_killed_with_it_and_never_move_traffic_la
     platform = CommandPlatform("web", "production", cfg.services["web"], tmp_path, workdir=tmp_path, timeout=3)
     with pytest.raises(PlatformError) as err:
         platform.shift({"blue": 0, "green": 100})
-    assert f"shift command {LINGERING_SHIFT!r} timed out after 3 s; its process group was killed" == str(err.value)
+    assert str(err.value) == "shift command timed out after 3 s; its process group was killed"
     assert "child started" in err.value.output  # what it printed before the kill is kept
     child = int((tmp_path / "child.pid").read_text())
     # Wait for the child to be gone (it is, at once, when its group was killed; left alone it

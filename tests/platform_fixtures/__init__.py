@@ -30,7 +30,10 @@ def local_config(base_dir: Path, *, run: str = DEMO_RUN, migrate: str | None = N
     }
     if migrate:
         local["migrate"] = migrate
-    data = {"services": {"web": {"platform": "local", "health_path": "/api/v1/health", "local": local}}}
+    # The demo app's failure knobs reach its processes only when named (platforms/environment.py).
+    knobs = ["DEMO_EXIT_AT_START", "DEMO_FAIL_AFTER_SECONDS", "DEMO_HEALTH_FAIL", "DEMO_ACCESS_LOG"]
+    data = {"services": {"web": {"platform": "local", "health_path": "/api/v1/health", "local": local,
+                                 "pass_env": knobs}}}
     return parse_config(data, base_dir=base_dir)
 
 
