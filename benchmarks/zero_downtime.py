@@ -133,7 +133,10 @@ class Bot:
 
     def click(self, action: str, deploy_id: int, user: str) -> float:
         """Sends the click; returns the wall-clock instant just before it was sent."""
-        body = self.sender.action_body(action, str(deploy_id), user=user, message_ts=self.card_ts(deploy_id))
+        ts = self.card_ts(deploy_id)
+        d = self.db.deploy(deploy_id) or {}
+        value = f"{deploy_id}:{d['click_token']}" if d.get("click_token") else str(deploy_id)  # as the card carries it
+        body = self.sender.action_body(action, value, user=user, message_ts=ts)
         sent = time.time()
         resp = self.sender.send(body)
         if resp.status_code != 200:

@@ -27,8 +27,10 @@ class OutboxNotifier:
         blocks = None
         if offer_rollback:
             from bot.views.deploy import thread_rollback_blocks
+            from storage import deploys as rows
 
-            blocks = thread_rollback_blocks(text, deploy_id)
+            d = rows.get(self.rt.store, deploy_id)
+            blocks = thread_rollback_blocks(text, d) if d else None
         self.rt.outbox.post(self.rt.cfg.bot.channel, text, blocks, deploy_id=deploy_id, thread=True, broadcast=broadcast)
 
     def channel(self, text: str) -> None:

@@ -345,6 +345,7 @@ class Deployer:
         d = rows.get(self.store, deploy_id)
         holder = rows.holder(self.store, d["service"], d["env"])
         if d["status"] == "approved" and holder and holder["id"] != deploy_id:
+            self.notify.update_card(deploy_id)
             self.notify.thread(deploy_id, f":hourglass: Waits for deploy #{holder['id']} ({holder['version']}, "
                                           f"{holder['status'].replace('_', ' ')}): it starts as soon as the service is free, "
                                           f"in the order approvals completed.")

@@ -164,7 +164,8 @@ class Pipeline:
         self.row = self.d.persist(lambda: rows.get(self.store, self.id))
         r = self.row
         frm = f"{r['previous_version']} → " if r["previous_version"] else ""
-        loud = f" :rotating_light: *--now override:* {r['now_reason']}" if r["now_reason"] else ""
+        reason = (r["now_reason"] or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # typed text stays inert
+        loud = f" :rotating_light: *--now override:* {reason}" if r["now_reason"] else ""
         self.say(f":rocket: Deploy #{self.id} started: *{r['service']}* {frm}*{r['version']}* in {r['env']} "
                  f"(green = slot {green}).{loud}", broadcast=True)
         try:
@@ -408,7 +409,11 @@ class Pipeline:
             return
         if r["kind"] == "rollback" and r["rollback_of"]:
             move(self.store, r["rollback_of"], "succeeded", "rolled_back", outcome=f"rolled back to {r['version']}")
-        # Earlier deploys' kept versions are gone now (this deploy replaced the slot).
+        # Earlier deploys' kept versions are gone now (this deploy replaced the slot): their cards
+        # lose the Roll back button and say so.
+        replaced = [x["id"] for x in self.store.rows(
+            "SELECT id FROM deploys WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0 AND card_ts IS NOT NULL",
+            (r["service"], r["env"], self.id))]
         self.d.persist(lambda: self.store.execute(
             "UPDATE deploys SET blue_retired = 1 WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0",
             (r["service"], r["env"], self.id),
@@ -418,6 +423,9 @@ class Pipeline:
                                             after={"version": r["version"]}))
         self.d.arm(f"retire-{self.id}", retire_at, self.d.retire_due)
         self.d.notify.update_card(self.id)
+        for older in replaced:
+            if older != r.get("rollback_of"):
+                self.d.notify.update_card(older)
         blue_note = (f" Blue ({r['blue_version']}) is kept for rollback until {retire_at:%H:%M} UTC."
                      if r["blue_slot"] and r["blue_version"] else "")
         checked = " The public address answers." if public is not None else ""

@@ -80,6 +80,9 @@ class Policy:
         return self.in_list(user, self.cfg.access.approvers)
 
     def can_approve(self, user: str, requester: str) -> Decision:
+        if user == requester and not self.is_approver(user):
+            return Decision(False, "approvers ([access] approvers) approve deploys, and you are not one; "
+                                   "ask one of them to approve the deploy you requested")
         if user == requester:
             return Decision(False, "you requested this deploy; another approver must approve it")
         if not self.is_approver(user):

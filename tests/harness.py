@@ -87,6 +87,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def card_value(store, deploy_id: int) -> str:  # noqa: ANN001
+    """The value every button of a deploy's card carries (bot.views.deploy.button_value)."""
+    from bot.views.deploy import button_value
+    from storage import deploys as rows
+
+    return button_value(rows.get(store, deploy_id))
+
+
 class FakeClock:
     """A settable clock: tests move time instead of waiting for it."""
 
@@ -141,6 +149,11 @@ class RecessServer:
 
     def command(self, command: str, text: str = "", user: str = ENGINEER, **kw) -> httpx.Response:  # noqa: ANN003
         return self.sender.command(command, text, user=user, **kw)
+
+    def click(self, action_id: str, deploy_id: int, user: str = ENGINEER, **kw) -> httpx.Response:  # noqa: ANN003
+        """Clicks a button of deploy `deploy_id`'s card as Slack sends it: the value the card carries
+        (the deploy's id and its click token)."""
+        return self.sender.action(action_id, card_value(self.rt.store, deploy_id), user=user, **kw)
 
     def stop(self) -> None:
         self.server.should_exit = True

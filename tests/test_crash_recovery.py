@@ -18,7 +18,7 @@ import pytest
 
 from storage import deploys as rows
 from storage.db import Store
-from tests.harness import SECRET, free_port, write_config
+from tests.harness import SECRET, card_value, free_port, write_config
 from tests.kit.load import Load
 from tests.kit.signer import SlackSender
 
@@ -205,7 +205,7 @@ def test_bot_killed_right_after_the_rollback_flip_records_the_rollback(setup, sl
     bot.stop()
     doomed = Bot(config, slack.api_url, crash_at="rollback:after")
     bots.append(doomed)
-    doomed.sender.action("rollback_start", "2", user="U0APPROVER1", ephemeral=True)
+    doomed.sender.action("rollback_start", card_value(store, 2), user="U0APPROVER1", ephemeral=True)
     wait_for(lambda: doomed.proc.poll() is not None, what="the bot to be killed")
     assert rows.get(store, 3)["status"] == "running"
     bots.append(Bot(config, slack.api_url))

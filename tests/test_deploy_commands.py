@@ -60,7 +60,7 @@ def test_self_approval_is_refused_ephemerally_and_changes_nothing(deploy_server,
     srv.command("/deploy", "web v2", user=APPROVER_1)
     card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=ts)
     slack.wait_for(lambda s: "another approver" in responses(s))
     assert rows.get(srv.rt.store, 2)["status"] == "pending"
     assert rows.approvers(srv.rt.store, 2) == []
@@ -71,7 +71,7 @@ def test_approval_by_another_user_runs_the_deploy_with_threaded_progress(deploy_
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=ts)
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
     assert rows.get(srv.rt.store, 2)["status"] == "succeeded"
     assert srv.fake.weights == {"blue": 0, "green": 100}
@@ -94,8 +94,8 @@ def test_double_click_approval_acts_once(deploy_server, slack):
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=ts)
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
     srv.rt.outbox.flush()
     assert len([c for c in srv.fake.calls if c[0] == "start"]) == 1
@@ -106,7 +106,7 @@ def test_click_on_a_card_of_another_deploy_is_refused(deploy_server, slack):
     srv = deploy_server()
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts="1700000000.000001")
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts="1700000000.000001")
     slack.wait_for(lambda s: "not deploy #2's card" in responses(s))
     assert rows.get(srv.rt.store, 2)["status"] == "pending"
 
@@ -116,9 +116,9 @@ def test_click_by_someone_not_allowed_is_refused(deploy_server, slack):
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
     ts = rows.get(srv.rt.store, 2)["card_ts"]
-    srv.sender.action("deploy_approve", "2", user="U0STRANGER", message_ts=ts)
+    srv.click("deploy_approve", 2, user="U0STRANGER", message_ts=ts)
     slack.wait_for(lambda s: "only approvers" in responses(s))
-    srv.sender.action("deploy_reject", "2", user="U0STRANGER", message_ts=ts)
+    srv.click("deploy_reject", 2, user="U0STRANGER", message_ts=ts)
     slack.wait_for(lambda s: "only approvers or the requester" in responses(s))
     assert rows.get(srv.rt.store, 2)["status"] == "pending"
 
@@ -163,7 +163,7 @@ def test_queued_deploy_starts_when_the_window_opens(deploy_server, slack):
     blocks = json.dumps(card.params["blocks"])
     assert "queued until" in blocks
     assert "18:00 EDT" in blocks and "<!date^1805234400^" in blocks  # each school's time, and the viewer's
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("Queued until" in t for t in s.texts()))
     d = rows.get(srv.rt.store, 2)
     assert d["status"] == "queued" and d["queued_until"] == dt.datetime(2027, 3, 16, 22, 0, tzinfo=dt.UTC)
@@ -178,7 +178,7 @@ def test_restart_rearms_the_queue_and_starts_an_overdue_deploy(server_factory, d
     srv = deploy_server(clock=clock)
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("Queued until" in t for t in s.texts()))
     srv.stop()
     # The bot was down when the window opened; it comes back at 22:30 UTC.
@@ -207,7 +207,7 @@ def test_rollback_command_offers_a_confirmed_button_and_the_click_flips_traffic(
     srv = deploy_server()
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
     resp = srv.command("/rollback", "web")
     body = resp.json()
@@ -215,8 +215,8 @@ def test_rollback_command_offers_a_confirmed_button_and_the_click_flips_traffic(
     blocks = json.dumps(body["blocks"])
     assert "v2 \\u2192 *v1*" in blocks or "v2 → *v1*" in blocks
     assert "rollback_start" in blocks and "confirm" in blocks
-    srv.sender.action("rollback_start", "2", user=ENGINEER, message_ts="1.2")
-    srv.sender.action("rollback_start", "2", user=ENGINEER, message_ts="1.2")  # clicked twice
+    srv.click("rollback_start", 2, user=ENGINEER, message_ts="1.2")
+    srv.click("rollback_start", 2, user=ENGINEER, message_ts="1.2")  # clicked twice
     slack.wait_for(lambda s: any("Rolled back: traffic back on v1" in t for t in s.texts()))
     assert srv.fake.weights == {"blue": 100, "green": 0}
     assert srv.rt.store.execute("SELECT count(*) FROM deploys WHERE kind = 'rollback'").fetchone()[0] == 1
@@ -240,7 +240,7 @@ def test_progress_catches_up_when_slack_answers_429_and_500(deploy_server, slack
     ts = rows.get(srv.rt.store, 2)["card_ts"]
     slack.fail_next("chat.postMessage", 500, count=4)
     slack.fail_next("chat.update", 429, count=2)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=ts)
     # The deploy itself does not wait for Slack.
     deadline = dt.datetime.now() + dt.timedelta(seconds=10)
     while rows.get(srv.rt.store, 2)["status"] != "succeeded" and dt.datetime.now() < deadline:
@@ -256,7 +256,7 @@ def test_rollback_is_offered_while_another_deploy_waits_for_approval(deploy_serv
     srv = deploy_server()
     srv.command("/deploy", "web v2")
     card_post(slack, 2, srv.rt.store)
-    srv.sender.action("deploy_approve", "2", user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
     slack.wait_for(lambda s: any("is live in production" in t for t in s.texts()))
     srv.command("/deploy", "web v3")  # pending: it does not hold the slots, so it cannot block a rollback
     blocks = json.dumps(srv.command("/rollback", "web").json()["blocks"])

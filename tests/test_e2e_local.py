@@ -56,7 +56,7 @@ def local_server(server_factory):
 def approve(srv, deploy_id: int) -> None:  # noqa: ANN001
     srv.rt.outbox.flush()
     ts = rows.get(srv.rt.store, deploy_id)["card_ts"]
-    srv.sender.action("deploy_approve", str(deploy_id), user=APPROVER_1, message_ts=ts)
+    srv.click("deploy_approve", deploy_id, user=APPROVER_1, message_ts=ts)
 
 
 def serves(public: str, version: str, timeout: float = 30) -> bool:
@@ -85,7 +85,7 @@ def test_v1_then_v2_served_at_listen_with_no_failed_request_and_a_one_click_roll
         assert serves(srv.public, "v2")
         load.wait_until(lambda t: t.by_version["v2"] >= 50, what="answers from v2")
         # Roll back through the button: one click, and traffic is on v1 again.
-        srv.sender.action("rollback_card", "2", user=ENGINEER, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+        srv.click("rollback_card", 2, user=ENGINEER, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
         assert serves(srv.public, "v1")
         on_v1 = load.by_version["v1"]
         load.wait_until(lambda t: t.by_version["v1"] >= on_v1 + 50, what="answers from v1 after the rollback")

@@ -127,16 +127,27 @@ def link_card(rt: Runtime, deploy_id: int, respond: Any, timeout: float = 30.0) 
         time.sleep(0.1)
 
 
-def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None]:
+MAX_ID = 2**63 - 1
+
+
+def parse_button_value(value: Any) -> tuple[int | None, str | None]:
+    """A button's value is "ID:TOKEN" (ID alone on cards from before tokens). ASCII digits only,
+    in SQLite's integer range; anything else carries no deploy."""
+    if not isinstance(value, str):
+        return None, None
+    ident, _, token = value.partition(":")
+    if not (ident.isascii() and ident.isdigit()) or not 0 < int(ident) <= MAX_ID:
+        return None, None
+    return int(ident), token or None
+
+
+def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None, str | None]:
     user = body["user"]["id"]
     action = body["actions"][0]
-    try:
-        deploy_id = int(action.get("value", ""))
-    except ValueError:
-        deploy_id = None
+    deploy_id, token = parse_button_value(action.get("value"))
     container = body.get("container") or {}
     card_ts = None if container.get("is_ephemeral") else container.get("message_ts")
-    return user, deploy_id, card_ts
+    return user, deploy_id, card_ts, token
 
 
 def register(app: App, rt: Runtime) -> None:
@@ -158,13 +169,14 @@ def register(app: App, rt: Runtime) -> None:
         def listener(ack, body, respond) -> None:  # noqa: ANN001
             clicked_at = time.monotonic()
             ack()
-            user, deploy_id, card_ts = _click(body)
+            user, deploy_id, card_ts, token = _click(body)
 
             def work() -> str | None:
                 deployer = deployer_of(rt)
                 try:
                     if deploy_id is None:
                         raise DeployError("this button carries no deploy; use the newest card")
+                    deployer.check_button(deploy_id, token)  # a button from another card is refused
                     if verb == "approve":
                         note = deployer.approve(deploy_id, user, card_ts=card_ts)
                         if note != "approved":
@@ -173,6 +185,8 @@ def register(app: App, rt: Runtime) -> None:
                         deployer.reject(deploy_id, user, card_ts=card_ts)
                     elif verb == "cancel":
                         deployer.cancel(deploy_id, user, card_ts=card_ts)
+                    elif verb == "stop":
+                        deployer.stop(deploy_id, user)
                     elif verb == "rollback":
                         rollbacks.rollback(deployer, deploy_id, user, clicked_at=clicked_at,
                                            card_ts=card_ts if body["actions"][0]["action_id"] == "rollback_card" else None)
@@ -192,5 +206,6 @@ def register(app: App, rt: Runtime) -> None:
     app.action("deploy_approve")(on_click("approve"))
     app.action("deploy_reject")(on_click("reject"))
     app.action("deploy_cancel")(on_click("cancel"))
+    app.action("deploy_stop")(on_click("stop"))
     app.action("rollback_start")(on_click("rollback"))
     app.action("rollback_card")(on_click("rollback"))

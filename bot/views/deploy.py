@@ -14,6 +14,7 @@ from bot.views.common import (
     context,
     divider,
     ephemeral,
+    escape_mrkdwn,
     header,
     render,
     section,
@@ -42,6 +43,11 @@ STATUS_ICON = {
 }
 
 
+def button_value(d: dict[str, Any]) -> str:
+    """What every button of a deploy's card carries: its id and the random token stored with it."""
+    return f"{d['id']}:{d['click_token']}" if d.get("click_token") else str(d["id"])
+
+
 def thread_link(d: dict[str, Any]) -> str:
     if d.get("channel") and d.get("card_ts"):
         return f"https://slack.com/archives/{d['channel']}/p{d['card_ts'].replace('.', '')}"
@@ -55,8 +61,16 @@ def window_line(rt: Runtime, d: dict[str, Any]) -> str:
         return f":hourglass: Queued until {zones_line(rt, d['queued_until'])}, {until_phrase(now, d['queued_until'])}"
     if d["status"] not in ("pending", "approved"):
         return ""
+    holder = rows.holder(rt.store, d["service"], d["env"])
+    if d["status"] == "approved" and holder and holder["id"] != d["id"]:
+        return (f":hourglass: Waits for <{thread_link(holder)}|deploy #{holder['id']}> ({holder['version']}, "
+                f"{holder['status'].replace('_', ' ')}); starts when the service is free, in the order approvals completed")
     if d["now_reason"]:
-        return f":rotating_light: *--now override*: {d['now_reason']} (needs one extra approval when school is in session)"
+        calendar = current_calendar(rt.cfg, rt.store)
+        freezes = [b for b in calendar.verdict(now).blocked_by if b.kind == "freeze"]
+        overrides = "".join(f" *Overrides freeze #{b.id}* ({escape_mrkdwn(b.reason)})." for b in freezes)
+        return (f":rotating_light: *--now override*: {escape_mrkdwn(d['now_reason'])} (needs one extra approval "
+                f"whenever it would run during school hours or a freeze).{overrides}")
     if not env.respect_windows:
         return f":large_green_circle: Runs when approved ({d['env']} ignores school hours)"
     calendar = current_calendar(rt.cfg, rt.store)
@@ -86,7 +100,9 @@ def zones_line(rt: Runtime, at: dt.datetime, verdict: Any = None) -> str:
     return " / ".join(format_local(at, tz) for tz in zones[:4]) + f" ({viewer_time(at)} your time)"
 
 
-def migration_lines(d: dict[str, Any]) -> list[str]:
+def migration_lines(d: dict[str, Any], applies: bool = True) -> list[str]:
+    """The card's migration report: the pending files by name, each finding, and, when the
+    service has no `migrate` command, that approving will not apply them."""
     lint = d.get("lint")
     if lint is None:
         return []
@@ -98,6 +114,14 @@ def migration_lines(d: dict[str, Any]) -> list[str]:
     if warns:
         head += f", {len(warns)} warning{'s' if len(warns) != 1 else ''}"
     lines = [head]
+    pending = lint.get("pending", [])
+    if pending:
+        shown = ", ".join(f"`{escape_mrkdwn(name)}`" for name in pending[:10])
+        more = f" and {len(pending) - 10} more" if len(pending) > 10 else ""
+        lines.append(f"Pending: {shown}{more}")
+        if not applies:
+            lines.append(":warning: *recess will not apply these migrations*: this service has no `migrate` command, "
+                         "so approving deploys the code without them.")
     for f in (blocking + warns)[:8]:
         icon = ":no_entry:" if f in blocking else ":warning:"
         lines.append(f"{icon} `{Path(f['file']).name}:{f['line']}` {f['rule']}: {f['message']}\n      _fix:_ {f['fix']}")
@@ -146,19 +170,25 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
     if wl:
         blocks.append(section(wl))
     if d["now_reason"] and d["status"] in ("pending", "approved", "queued", "running"):
-        blocks.append(section(f":rotating_light: *EMERGENCY OVERRIDE (--now):* {d['now_reason']}"))
-    mig = migration_lines(d)
+        blocks.append(section(f":rotating_light: *EMERGENCY OVERRIDE (--now):* {escape_mrkdwn(d['now_reason'])}"))
+    svc = rt.cfg.services.get(d["service"])
+    applies = bool(svc and getattr(getattr(svc, svc.platform, None), "migrate", None))
+    mig = migration_lines(d, applies)
     if mig:
         blocks.append(section("\n".join(mig)))
     steps = step_lines(rt, deploy_id)
     if steps:
         blocks.append(context("  ·  ".join(steps)))
     buttons = []
-    value = str(d["id"])
+    value = button_value(d)
     if d["status"] == "pending":
         buttons += [button("Approve", "deploy_approve", value, style="primary"), button("Reject", "deploy_reject", value, style="danger")]
     if d["status"] in ("pending", "approved", "queued"):
         buttons.append(button("Cancel", "deploy_cancel", value))
+    if d["status"] == "running" and d["kind"] == "deploy":
+        buttons.append(button("Stop", "deploy_stop", value, style="danger", confirm=confirm(
+            "Stop this deploy?", f"Traffic goes back to {d['blue_version'] or 'blue'} and {d['version']} is stopped.",
+            "Stop it", "Keep going")))
     baking = d["status"] == "running" and d["kind"] == "deploy" and d["traffic_at"] is not None
     if (d["status"] == "succeeded" or baking) and not d["blue_retired"] and d["blue_version"]:
         label = "Undo rollback" if d["kind"] == "rollback" else "Roll back"
@@ -167,6 +197,12 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
         until = d["blue_retire_at"]
         if until:
             blocks.append(context(f"{d['blue_version']} is kept for rollback until {viewer_time(until)} (`keep_blue`)."))
+    elif d["status"] == "succeeded" and d["blue_retired"] and d["blue_version"]:
+        newer = rt.store.row(
+            "SELECT id FROM deploys WHERE service = ? AND env = ? AND id > ? AND traffic_at IS NOT NULL ORDER BY id LIMIT 1",
+            (d["service"], d["env"], d["id"]))
+        why = f"replaced by #{newer['id']}" if newer else "its rollback window passed"
+        blocks.append(context(f"{d['blue_version']} is no longer kept ({why}); `/rollback {d['service']}` redeploys it."))
     if buttons:
         blocks.append(actions(f"deploy-{d['id']}", *buttons))
     blocks.append(divider())
@@ -196,11 +232,21 @@ def rollback_preview(plan: Any) -> dict[str, Any]:
                f"{viewer_time(plan.retire_at) if plan.retire_at else 'it is retired'}: traffic flips back in one router call.")
     else:
         how = f"Blue was retired, so {plan.target} is redeployed blue-green through the pipeline (a few seconds to minutes)."
-    text = f"*Roll back {live['service']} in {live['env']}:* {plan.current} → *{plan.target}*\n{how}"
-    blocks = [section(text), actions(f"rollback-{live['id']}", button(
-        "Roll back", "rollback_start", str(live["id"]), style="danger",
-        confirm=confirm("Roll back now?", f"{live['service']} returns to {plan.target}.", "Roll back", style="danger")))]
-    return {"response_type": "ephemeral", "text": f"Roll back {live['service']} to {plan.target}?", "blocks": render(blocks)}
+    if live["kind"] == "rollback":
+        # Typing /rollback twice undoes the rollback: say so in words, never as a plain "v2 -> v3".
+        when = viewer_time(live["traffic_at"]) if live.get("traffic_at") else "earlier"
+        title = (f":warning: *Undo rollback #{live['id']}* of {live['service']} in {live['env']}: puts *{plan.target}* back, "
+                 f"the version rolled back at {when}. {plan.current} stops serving.")
+        label, question = "Undo rollback", f"Put {plan.target} back?"
+        body = f"This undoes rollback #{live['id']}: {plan.target}, the version rolled back, serves again."
+    else:
+        title = f"*Roll back {live['service']} in {live['env']}:* {plan.current} → *{plan.target}*"
+        label, question = "Roll back", "Roll back now?"
+        body = f"{live['service']} returns to {plan.target}."
+    blocks = [section(f"{title}\n{how}"), actions(f"rollback-{live['id']}", button(
+        label, "rollback_start", button_value(live), style="danger",
+        confirm=confirm(question, body, label, style="danger")))]
+    return {"response_type": "ephemeral", "text": f"{label}: {live['service']} to {plan.target}?", "blocks": render(blocks)}
 
 
 def held_reply(message: str, holder: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +254,13 @@ def held_reply(message: str, holder: dict[str, Any]) -> dict[str, Any]:
     blocks: list[Any] = [section(f":warning: {message} <{thread_link(holder)}|Open its thread>.")]
     if holder["status"] in ("pending", "approved", "queued"):
         blocks.append(actions(f"held-{holder['id']}", button(
-            f"Cancel deploy #{holder['id']}", "deploy_cancel", str(holder["id"]), style="danger",
+            f"Cancel deploy #{holder['id']}", "deploy_cancel", button_value(holder), style="danger",
             confirm=confirm("Cancel that deploy?", f"Deploy #{holder['id']} of {holder['version']} will not run.", "Cancel it", "Keep it"))))
     return {"response_type": "ephemeral", "text": message, "blocks": render(blocks)}
 
 
-def thread_rollback_blocks(text: str, deploy_id: int) -> list[dict[str, Any]]:
+def thread_rollback_blocks(text: str, d: dict[str, Any]) -> list[dict[str, Any]]:
     """A thread line with the Roll back button under it (the click is checked against the store)."""
-    return render([section(text), actions(f"thread-rollback-{deploy_id}", button(
-        "Roll back", "rollback_start", str(deploy_id), style="danger",
+    return render([section(text), actions(f"thread-rollback-{d['id']}", button(
+        "Roll back", "rollback_start", button_value(d), style="danger",
         confirm=confirm("Roll back?", "Traffic returns to the previous version in one router call.", "Roll back", style="danger")))])
