@@ -22,8 +22,9 @@ from bot.slack_client import make_client
 from storage import deploys
 from storage import outbox as rows
 from storage.db import Store
-from tests.harness import ENGINEER, FakeClock
+from tests.harness import APPROVER_1, ENGINEER, FakeClock
 from tests.kit.slack import FakeSlack
+from tests.test_deploy_commands import deploy_server  # noqa: F401 (a fixture)
 
 CHANNEL = "C0DEPLOYS"
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -316,3 +317,22 @@ def test_a_crash_after_posting_a_thread_line_does_not_post_it_twice(outboxes, sl
     assert thread_texts(slack, 3) == ["#3 shift: 100%"]
     assert rows.get(store, thread_line)["result_ts"] == slack.replies(card_of(slack, 3))[0].ts
     assert slack.of("conversations.replies"), "the thread was searched, not the channel"
+
+
+# -- through the running bot: signed /deploy, the runtime's own outbox -----------------------------
+
+
+def test_a_deploy_card_slack_refuses_is_told_in_the_channel_and_the_bot_keeps_posting(deploy_server, slack):
+    refuses = SlackRefuses(slack)
+    refuses.rules.append(lambda method, params, post: slack_error("restricted_action")
+                         if method == "chat.postMessage" and "Deploy #2:" in params.get("text", "") else None)
+    srv = deploy_server()
+    srv.command("/deploy", "web v2")
+    slack.wait_for(lambda s: any(m.text.startswith("recess could not post a message for deploy #2")
+                                 for m in s.channel_messages(CHANNEL)))
+    srv.command("/window", "freeze 2027-04-01T00:00-04:00 2027-04-03T00:00-04:00 exams", user=APPROVER_1)
+    slack.wait_for(lambda s: any("exams" in m.text for m in s.channel_messages(CHANNEL)))
+    assert srv.rt.outbox.flush()
+    assert [m.text for m in slack.channel_messages(CHANNEL)][0] == \
+        "recess could not post a message for deploy #2: Slack said restricted_action; see the log"
+    assert len(refuses.refused) == 1  # the card, once: refused for good
