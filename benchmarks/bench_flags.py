@@ -40,7 +40,7 @@ from tests.kit.slack import FakeSlack  # noqa: E402
 
 TENANTS = [f"school-{i:02d}" for i in range(20)]
 ROLES = ["student", "teacher", "staff", "admin", "parent"]
-API_KEY = "bench-key"
+API_KEY = "bench-key-for-ofrep-01"
 SECRET = "bench-signing-secret"
 ADMIN = "U0BENCHADMIN"
 

@@ -27,9 +27,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bot.startup import preflight
 
     cfg = _config(args)
-    preflight(cfg)
+    warnings = preflight(cfg)
     logging.basicConfig(level=os.environ.get("RECESS_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe is noise
+    # APScheduler logs every job run ("Running job ...") at INFO: 135 of 153 lines once. Warnings stay.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    for warning in warnings:
+        logging.getLogger("recess").warning("%s", warning)
     app_token = os.environ.get("SLACK_APP_TOKEN")
     if not app_token and not os.environ.get("SLACK_SIGNING_SECRET"):
         print("recess: SLACK_SIGNING_SECRET is not set; it is needed to verify requests from Slack (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
@@ -56,10 +60,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         SocketModeHandler(bolt, app_token).connect()
-        logging.getLogger("recess").info("Slack traffic over Socket Mode")
         http = build_http_app(rt, None)
+        mode = "Socket Mode for Slack; HTTP for health, the window API and OFREP"
     else:
         http = build_http_app(rt, bolt)
+        mode = "HTTP, Slack at POST /slack/events"
+    logging.getLogger("recess").info("listening on %s:%d (%s)", args.host, args.port, mode)
     try:
         uvicorn.run(http, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
     finally:
@@ -104,7 +110,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from bot.startup import preflight
 
     cfg = _config(args)
-    preflight(cfg)  # the same checks `recess serve` makes before it touches Slack
+    for warning in preflight(cfg):  # the same checks `recess serve` makes before it touches Slack
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{cfg.source}: ok ({len(cfg.tenants)} tenants, {len(cfg.services)} services, environments: {', '.join(cfg.environments)})")
     return 0
 

@@ -9,8 +9,21 @@ from commands.freezes import current_calendar
 from storage.db import Store
 
 
-def preflight(cfg: Config) -> None:
-    """Raises ConfigError with a message naming the file and what is wrong."""
+# OFREP keys that are examples, not secrets: a server started with one is open to anyone who read
+# the example configuration.
+PLACEHOLDER_KEYS = {"change-me", "changeme", "change_me", "replace-me", "secret", "password", "test", "example"}
+MIN_KEY_LENGTH = 16
+
+
+def preflight(cfg: Config) -> list[str]:
+    """Raises ConfigError with a message naming the file and what is wrong; returns warnings
+    (things that work but that an operator should know)."""
+    for n, key in enumerate(cfg.flags.api_keys, start=1):
+        if key.strip().lower() in PLACEHOLDER_KEYS or len(key) < MIN_KEY_LENGTH:
+            raise ConfigError(
+                f"{cfg.source}: flags.api_keys: key #{n} is a placeholder or shorter than {MIN_KEY_LENGTH} characters; "
+                f"set a random one (python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), "
+                f"or leave api_keys empty to keep OFREP closed")
     try:
         current_calendar(cfg, Store(cfg.database_path))
     except ValueError as exc:  # a holiday calendar that does not parse
@@ -27,3 +40,10 @@ def preflight(cfg: Config) -> None:
             raise ConfigError(f"{cfg.source}: services with `migrations` need the squawk linter: {exc}") from None
     if any(s.platform == "local" for s in cfg.services.values()) and not shutil.which("haproxy"):
         raise ConfigError(f"{cfg.source}: services with platform 'local' need HAProxy: apt-get install haproxy")
+    warnings = []
+    if not cfg.access.deployers:
+        for name, env in cfg.environments.items():
+            if env.respect_windows:
+                warnings.append(f"{cfg.source}: environments.{name} respects school windows, but [access] deployers "
+                                f"is empty, so anyone in the workspace can request deploys to it")
+    return warnings

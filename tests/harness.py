@@ -58,7 +58,7 @@ bake_time = "0s"
 canary_pause = "0s"
 
 [flags]
-api_keys = ["test-key"]
+api_keys = ["test-key-for-ofrep-0001"]
 
 [flags.defaults]
 portfolio_enabled = true

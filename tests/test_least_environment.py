@@ -196,7 +196,7 @@ def deploy_with_smoke(tmp_path: Path, smoke: str, **table: str) -> tuple[dict, T
         shift = "true"
         status = "true"
         """)
-    cfg = load_config(write_config(tmp_path, extra, BASE_CONFIG.replace('"test-key"', f'"{OFREP_KEY}"')))
+    cfg = load_config(write_config(tmp_path, extra, BASE_CONFIG.replace('"test-key-for-ofrep-0001"', f'"{OFREP_KEY}"')))
     thread = Thread()
     ticker = Ticker()
     fake = FakePlatform(live="v1")

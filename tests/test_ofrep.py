@@ -12,7 +12,7 @@ from commands.flags import Change, FlagBook, Scope
 from tests.harness import APPROVER_1, BASE_CONFIG, start_server
 from tests.kit.slack import FakeSlack
 
-AUTH = {"Authorization": "Bearer test-key"}
+AUTH = {"Authorization": "Bearer test-key-for-ofrep-0001"}
 ONE = "/ofrep/v1/evaluate/flags/"
 BULK = "/ofrep/v1/evaluate/flags"
 
@@ -170,7 +170,7 @@ def test_bulk_etag_covers_context_and_configuration_and_if_none_match_gives_304(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": "Basic dGVzdC1rZXk="}, {"Authorization": "test-key"}],
+    [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": "Basic dGVzdC1rZXk="}, {"Authorization": "test-key-for-ofrep-0001"}],
 )
 def test_without_a_valid_api_key_the_answer_is_401_without_a_body(srv, headers):
     for path in (ONE + "portfolio_enabled", BULK):
@@ -178,17 +178,17 @@ def test_without_a_valid_api_key_the_answer_is_401_without_a_body(srv, headers):
         assert resp.status_code == 401 and resp.content == b""
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": "Bearer test-key"}, {"authorization": "bearer test-key"}, {"X-API-Key": "test-key"}])
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer test-key-for-ofrep-0001"}, {"authorization": "bearer test-key-for-ofrep-0001"}, {"X-API-Key": "test-key-for-ofrep-0001"}])
 def test_bearer_and_x_api_key_both_open_ofrep(srv, headers):
     assert post(srv, ONE + "portfolio_enabled", {"context": {}}, headers=headers).status_code == 200
 
 
 def test_ofrep_is_closed_when_no_api_keys_are_configured(tmp_path):
     slack = FakeSlack()
-    base = BASE_CONFIG.replace('api_keys = ["test-key"]', "api_keys = []")
+    base = BASE_CONFIG.replace('api_keys = ["test-key-for-ofrep-0001"]', "api_keys = []")
     server = start_server(tmp_path, slack, base=base)
     try:
-        for headers in (AUTH, {"X-API-Key": "test-key"}, {}):
+        for headers in (AUTH, {"X-API-Key": "test-key-for-ofrep-0001"}, {}):
             assert post(server, ONE + "portfolio_enabled", {"context": {}}, headers=headers).status_code == 401
     finally:
         server.stop()

@@ -34,7 +34,7 @@ def recess(tmp_path_factory):
 
 @pytest.fixture
 def client(recess):
-    provider = OFREPProvider(recess.url, headers_factory=lambda: {"Authorization": "Bearer test-key"}, timeout=5)
+    provider = OFREPProvider(recess.url, headers_factory=lambda: {"Authorization": "Bearer test-key-for-ofrep-0001"}, timeout=5)
     api.set_provider(provider, domain="recess-tests")
     yield api.get_client(domain="recess-tests")
     api.clear_providers()
