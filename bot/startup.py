@@ -8,7 +8,6 @@ from commands.config import Config, ConfigError
 from commands.freezes import current_calendar
 from storage.db import Store
 
-
 # OFREP keys that are examples, not secrets: a server started with one is open to anyone who read
 # the example configuration.
 PLACEHOLDER_KEYS = {"change-me", "changeme", "change_me", "replace-me", "secret", "password", "test", "example"}
