@@ -6,10 +6,8 @@ ack within milliseconds; slow work goes to the runtime's worker, never Bolt's sm
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +17,7 @@ from slack_bolt import App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
+from bot.edge import redelivered_event
 from bot.runtime import Runtime
 
 log = logging.getLogger("recess.app")
@@ -80,20 +79,12 @@ def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
         listener_executor=ThreadPoolExecutor(max_workers=64, thread_name_prefix="bolt-listener"),
     )
 
-    seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-    seen_lock = threading.Lock()
-
     @app.middleware
     def drop_redelivered_events(body: dict, next: Callable[[], BoltResponse]) -> BoltResponse | None:  # noqa: A002
-        """Slack re-sends events (X-Slack-Retry-Num); an event_id seen before is acknowledged once."""
-        event_id = body.get("event_id") if isinstance(body, dict) else None
-        if event_id:
-            with seen_lock:
-                if event_id in seen:
-                    return BoltResponse(status=200, body="")
-                seen[event_id] = None
-                while len(seen) > 5000:
-                    seen.popitem(last=False)
+        """Slack re-sends events (X-Slack-Retry-Num); an event_id seen within the hour (kept in
+        SQLite, so a restart remembers it) is acknowledged and not acted on again."""
+        if redelivered_event(rt, body):
+            return BoltResponse(status=200, body="")
         return next()
 
     from bot.listeners import deploy, flag, home, window

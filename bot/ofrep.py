@@ -21,20 +21,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bot.edge import Refusal, read_bounded
 from bot.runtime import Runtime
 from commands.flags import FLAG_NOT_FOUND, Evaluation, FlagBook, Snapshot
 
 PARSE_ERROR = "PARSE_ERROR"
 INVALID_CONTEXT = "INVALID_CONTEXT"
-MAX_BODY = 1024 * 1024
+# An evaluation context is a few hundred bytes; bulk gets more room for SDKs that send whole
+# user records. Past the limit nothing more is read (bot/edge.read_bounded).
+MAX_BODY = 64 * 1024
+MAX_BULK_BODY = 1024 * 1024
 _CONTEXT_STRINGS = ("targetingKey", "tenant", "role")
 
 
 class BadRequest(Exception):
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: str, details: str, *, close: bool = False) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.close = close  # the rest of the body is unread: the connection cannot be reused
 
 
 class Context:
@@ -49,10 +54,10 @@ class Context:
         self.role = raw.get("role") or None
 
 
-def read_context(body: bytes) -> Context:
+def read_context(body: bytes, limit: int = MAX_BODY) -> Context:
     """The request body's `context`; raises BadRequest with OFREP's error code."""
-    if len(body) > MAX_BODY:
-        raise BadRequest(PARSE_ERROR, f"the request body is larger than {MAX_BODY} bytes")
+    if len(body) > limit:
+        raise BadRequest(PARSE_ERROR, f"the request body is larger than {limit} bytes")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -123,20 +128,25 @@ def routes(rt: Runtime) -> list[Route]:
                 found |= hmac.compare_digest(given.encode(), key)
         return found
 
-    async def body_of(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY:
-            raise BadRequest(PARSE_ERROR, f"the request body is larger than {MAX_BODY} bytes")
-        return await request.body()
+    async def body_of(request: Request, limit: int) -> bytes:
+        try:
+            return await read_bounded(request, limit)
+        except Refusal as exc:
+            raise BadRequest(PARSE_ERROR, f"the request body is larger than {limit} bytes" if exc.status == 413
+                             else exc.message, close=exc.status == 413) from None
+
+    def refused(exc: BadRequest, body: dict[str, Any]) -> Response:
+        return _json(400, {**body, "errorCode": exc.code, "errorDetails": exc.details},
+                     headers={"Connection": "close"} if exc.close else None)
 
     async def evaluate_flag(request: Request) -> Response:
         if not authorized(request):
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="ofrep"'})
         key = request.path_params["key"]
         try:
-            ctx = read_context(await body_of(request))
+            ctx = read_context(await body_of(request, MAX_BODY))
         except BadRequest as exc:
-            return _json(400, {"key": key, "errorCode": exc.code, "errorDetails": exc.details})
+            return refused(exc, {"key": key})
         ev = book.evaluate(key, ctx.targeting_key, ctx.tenant, ctx.role)
         if ev.ok:
             return _json(200, success(ev))
@@ -146,9 +156,9 @@ def routes(rt: Runtime) -> list[Route]:
         if not authorized(request):
             return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer realm="ofrep"'})
         try:
-            ctx = read_context(await body_of(request))
+            ctx = read_context(await body_of(request, MAX_BULK_BODY), MAX_BULK_BODY)
         except BadRequest as exc:
-            return _json(400, {"errorCode": exc.code, "errorDetails": exc.details})
+            return refused(exc, {})
         snapshot = book.snapshot  # one snapshot for both the ETag and the values
         etag = bulk_etag(snapshot, ctx)
         if etag_matches(request.headers.get("if-none-match"), etag):

@@ -1,73 +1,104 @@
 """The HTTP face of recess: Slack events, health, the window API, and OFREP, on one port.
 
 Bolt's sync dispatch runs in Starlette's thread pool, so a listener never blocks the event loop
-(and with it every other route). Bad signatures get 401 and are not processed; a malformed body
-gets 400.
+(and with it every other route). Before Bolt sees a Slack request, bot/edge.py bounds its body
+(413), checks its signature (401), its shape (400), replays and retries (401, or 200 without
+acting), and its workspace (an ephemeral refusal): malformed requests never answer 500.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
-import urllib.parse
+import time
+from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
 from slack_bolt import App, BoltRequest
 from slack_bolt.adapter.starlette.handler import to_starlette_response
-from slack_sdk.signature import SignatureVerifier
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot import ofrep
+from bot import edge, ofrep
 from bot.runtime import Runtime
+from bot.slack_client import make_client
 from commands import freezes
 
 log = logging.getLogger("recess.http")
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _well_formed(body: bytes, content_type: str) -> bool:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    if "application/json" in content_type:
-        try:
-            return isinstance(json.loads(text), dict)
-        except ValueError:
-            return False
-    form = urllib.parse.parse_qs(text, keep_blank_values=True)
-    if not form:
-        return False
-    if "payload" in form:
-        try:
-            return isinstance(json.loads(form["payload"][0]), dict)
-        except ValueError:
-            return False
-    return "command" in form or "ssl_check" in form or "type" in form
+def refused(exc: edge.Refusal, request: Request) -> JSONResponse:
+    """One log line, no traceback; a 413 closes the connection so the rest of the body is never read."""
+    client = request.client.host if request.client else "?"
+    log.warning("refused %s %s from %s with %d: %s", request.method, request.url.path, client, exc.status, exc.message)
+    return error(exc.status, exc.message, {"Connection": "close"} if exc.status == 413 else None)
 
 
-def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True) -> Starlette:
-    verifier = SignatureVerifier(rt.signing_secret) if verify and bolt is not None else None
+def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock: Callable[[], float] = time.time) -> Starlette:
+    """`verify=False` skips the signature and replay checks (never in `recess serve`); `clock`
+    (Unix seconds) is what signature timestamps are compared with."""
+    guard = edge.replay_guard(rt) if bolt is not None else None
+    if guard is not None:
+        guard.clock = clock
+    workspaces = None
+    if bolt is not None:
+        lookup = make_client(rt.client.token, rt.client.base_url, timeout=5, retries=False)
+        workspaces = rt.extras["workspaces"] = edge.Workspaces(rt.cfg.access.teams, edge.auth_test_team(lookup))
+        rt.extras["home_team"] = workspaces.home
+
+    def admit(request: Request, body: bytes) -> Response | edge.SlackRequest:
+        """Everything between the body and Bolt (bot/edge.py); runs in the thread pool, since the
+        replay log writes to SQLite. Raises edge.Refusal, or answers itself, or hands back the
+        request for Bolt."""
+        headers = request.headers
+        if verify:
+            ts = edge.check_signature(rt.signing_secret, body, headers.get("x-slack-request-timestamp"),
+                                      headers.get("x-slack-signature"), now=clock())
+        parsed = edge.parse_slack_request(body, headers.get("content-type"))
+        if verify:
+            retry = headers.get("x-slack-retry-num")
+            # Slack's retry of a body already taken is acknowledged, even when it carries the same
+            # signature (a retry within the same second has the same timestamp): a 401 would only
+            # make Slack retry again. The header is not signed, but all it can buy is a 200.
+            redelivered = retry is not None and guard.seen_body(body)
+            fresh = guard.admit(headers["x-slack-signature"], ts, body)
+            if redelivered:
+                log.info("Slack retry #%s (%s) of a request already taken: acknowledged, not acted on again",
+                         retry[:8], headers.get("x-slack-retry-reason", "no reason given")[:40])
+                return Response(status_code=200)
+            if not fresh:
+                raise edge.Refusal(401, "replayed Slack request: this signature was already used")
+        if parsed.kind in ("command", "interactive", "event") and not workspaces.serves(parsed.teams):
+            log.warning("refused a %s from team %s: recess serves %s", parsed.kind, ", ".join(parsed.teams) or "(none)",
+                        ", ".join(sorted(workspaces.allowed)))
+            if parsed.kind == "event":
+                return Response(status_code=200)
+            return JSONResponse({"response_type": "ephemeral", "text": edge.NOT_HOME})
+        return parsed
 
     async def slack_events(request: Request) -> Response:
         if bolt is None:
             return error(404, "Slack traffic arrives over Socket Mode on this server")
-        body = await request.body()
-        if verifier is not None and not verifier.is_valid_request(body, dict(request.headers)):
-            return error(401, "invalid or stale Slack signature")
-        if not _well_formed(body, request.headers.get("content-type", "")):
-            return error(400, "malformed Slack request body")
-        bolt_request = BoltRequest(body=body.decode("utf-8"), query=dict(request.query_params), headers=dict(request.headers))
+        try:
+            body = await edge.read_bounded(request, edge.MAX_SLACK_BODY)
+            admitted = await run_in_threadpool(admit, request, body)
+        except edge.Refusal as exc:
+            return refused(exc, request)
+        if isinstance(admitted, Response):
+            return admitted
+        try:
+            bolt_request = BoltRequest(body=admitted.text, query=dict(request.query_params), headers=dict(request.headers))
+        except Exception as exc:  # a shape the checks above did not foresee: still the sender's fault
+            return refused(edge.Refusal(400, f"malformed Slack request: {type(exc).__name__}: {exc}"), request)
         bolt_response = await run_in_threadpool(bolt.dispatch, bolt_request)
         return to_starlette_response(bolt_response)
 
