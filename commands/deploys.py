@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from commands.config import Config, format_duration
 from commands.freezes import current_calendar
 from commands.policy import Policy
-from commands.states import ATTENTION, TERMINAL, TRANSITIONS, move
+from commands.states import ATTENTION, TERMINAL, TRANSITIONS, log_event, move
 from commands.traffic import TrafficDoor
 from platforms.base import Platform, format_weights
 from storage import audit
@@ -191,6 +191,7 @@ class Deployer:
                        "now_reason": now_reason, "canary": canary, "approvals_needed": needed},
                 at=now,
             )
+        log_event("requested", rows.get(self.store, deploy_id), actor=actor, approvals_needed=needed)
         self.notify.post_card(deploy_id)
         if needed == 0 and not self.blocking_findings(deploy_id):
             self._approved(deploy_id, None)
@@ -292,7 +293,7 @@ class Deployer:
         decision = self.policy.can_reject(actor, d["requester"])
         if not decision:
             raise DeployError(decision.reason)
-        if not move(self.store, deploy_id, "pending", "rejected", finished_at=self.clock(), outcome=f"rejected by <@{actor}>"):
+        if not move(self.store, deploy_id, "pending", "rejected", actor=actor, finished_at=self.clock(), outcome=f"rejected by <@{actor}>"):
             raise DeployError(f"deploy #{deploy_id} is already {rows.get(self.store, deploy_id)['status']}; it cannot be rejected")
         audit.record(self.store, actor=actor, command="button:reject", action="deploy.reject", target=f"deploy:{deploy_id}",
                      before={"status": "pending"}, after={"status": "rejected"}, at=self.clock())
@@ -305,7 +306,7 @@ class Deployer:
         if not decision:
             raise DeployError(decision.reason)
         before = d["status"]
-        if not move(self.store, deploy_id, ("pending", "approved", "queued"), "cancelled", finished_at=self.clock(), outcome=f"cancelled by <@{actor}>"):
+        if not move(self.store, deploy_id, ("pending", "approved", "queued"), "cancelled", actor=actor, finished_at=self.clock(), outcome=f"cancelled by <@{actor}>"):
             now_status = rows.get(self.store, deploy_id)["status"]
             raise DeployError(f"deploy #{deploy_id} is {now_status}; only pending or queued deploys can be cancelled")
         audit.record(self.store, actor=actor, command="button:cancel", action="deploy.cancel", target=f"deploy:{deploy_id}",
@@ -336,7 +337,7 @@ class Deployer:
         return base
 
     def _approved(self, deploy_id: int, actor: str | None) -> None:
-        if not move(self.store, deploy_id, "pending", "approved", approved_at=self.clock()):
+        if not move(self.store, deploy_id, "pending", "approved", actor=actor or "recess", approved_at=self.clock()):
             return  # someone else's click got there first
         d = rows.get(self.store, deploy_id)
         self.notify.thread(deploy_id, f":white_check_mark: Approved by <@{actor}>." if actor

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from commands.config import format_duration
-from commands.states import ATTENTION, crash_point, move
+from commands.states import ATTENTION, crash_point, log_event, move
 from commands.traffic import NeedsAttention, TrafficRefused
 from platforms.base import (
     Health,
@@ -224,6 +224,7 @@ class Pipeline:
             raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
         status = "skipped" if detail.startswith("skipped") else "succeeded"
         self._finish_step(step_id, status, detail)
+        log_event("step", self.row, step=name, status=status, seconds=f"{self.d.monotonic() - started:.3f}")
         icon = ":fast_forward:" if status == "skipped" else ":white_check_mark:"
         self.say(redact(f"{icon} *{name}* {seconds(self.d.monotonic() - started)}{': ' + detail if detail else ''}",
                         secrets_of(self.svc)))

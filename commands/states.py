@@ -8,12 +8,15 @@ rollback and recovery import this module, never one another's.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from typing import Any
 
 from storage import deploys as rows
 from storage.db import Store
+
+events = logging.getLogger("recess.events")
 
 TERMINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
 ATTENTION = "needs_attention"
@@ -29,14 +32,35 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, **values: Any) -> bool:
-    """Applies one transition of TRANSITIONS as a conditional update; True when this call made it."""
+def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, *, actor: str | None = None,
+         **values: Any) -> bool:
+    """Applies one transition of TRANSITIONS as a conditional update; True when this call made it.
+    Each move is one structured log line (`log_event`)."""
     froms = (from_,) if isinstance(from_, str) else tuple(from_)
     for f in froms:
         if to not in TRANSITIONS.get(f, ()):
             raise ValueError(f"the deploy state machine has no transition {f} -> {to}")
     # Retried while another process holds the write lock: a lost status write is a stuck deploy.
-    return store.retrying(lambda: rows.transition(store, deploy_id, froms, to, **values))
+    moved = store.retrying(lambda: rows.transition(store, deploy_id, froms, to, **values))
+    if moved and events.isEnabledFor(logging.INFO):
+        row = rows.get(store, deploy_id) or {"id": deploy_id}
+        log_event(to, row, actor=actor, outcome=values.get("outcome"))
+    return moved
+
+
+def log_event(event: str, row: dict[str, Any], *, actor: str | None = None, **extra: Any) -> None:
+    """One line per deploy event (requested, approved, queued, running, each step, the end), in
+    key=value form: `deploy=12 event=approved service=web env=production version=v2 actor=U0APPROVER1`."""
+    fields = {"deploy": row.get("id"), "event": event, "kind": row.get("kind"), "service": row.get("service"),
+              "env": row.get("env"), "version": row.get("version"), "actor": actor, **extra}
+    events.info(" ".join(f"{k}={_logfmt(v)}" for k, v in fields.items() if v is not None))
+
+
+def _logfmt(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' ="\n'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    return text
 
 
 def crash_point(step: str, when: str) -> None:

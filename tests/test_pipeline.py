@@ -614,3 +614,14 @@ def test_a_now_deploy_approved_after_school_that_starts_during_class_goes_back_f
     row = rows.get(d.store, req["id"])
     assert row["status"] == "pending" and row["approvals_needed"] == 2
     assert "would run during school hours" in d.notify.text()
+
+
+def test_each_deploy_event_is_one_structured_log_line_with_id_service_version_and_actor(make, caplog):
+    d, _, _ = make()
+    with caplog.at_level("INFO", logger="recess.events"):
+        deploy_and_approve(d)
+    lines = [r.getMessage() for r in caplog.records if r.name == "recess.events"]
+    assert any(line.startswith("deploy=3 event=requested") and f"actor={ENGINEER}" in line for line in lines)
+    assert any("event=approved" in line and f"actor={APPROVER_1}" in line and "version=v2" in line for line in lines)
+    assert any("event=step" in line and "step=shift" in line and "service=web" in line for line in lines)
+    assert any("event=succeeded" in line and "env=production" in line for line in lines)
