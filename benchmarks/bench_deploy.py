@@ -3,8 +3,8 @@ local deploy under keep-alive load.
 
 (a) 50 concurrent signed `/deploy` commands against `recess serve` (a subprocess, with the fake
     Slack in another): per round, 50 requests for 50 distinct `command`-platform services (they
-    stay pending: production needs an approval), the same 50 again (all refused: each service is
-    held), and 50 for staging (approvals = 0, so 50 pipelines start while the burst is answered).
+    stay pending: production needs an approval), the same 50 again (all refused: that version is
+    already requested), and 50 for staging (approvals = 0, so 50 pipelines start while the burst is answered).
     Target: every one acked, p99 under 300 ms (over all rounds). The first two are the issue's
     scenario and decide the exit code; the third is a harsher extra that is only reported.
 (b) Bot overhead of a deploy = the pipeline's total time minus the time spent waiting on the
@@ -98,7 +98,7 @@ def part_a(tmp: Path, rounds: int, n: int) -> bool:
                 names = [f"svc{r * n + i:03d}" for i in range(n)]
                 for kind, text, expect in (
                     ("pending", "{s} v2 production", "requested"),
-                    ("refused", "{s} v3 production", "held by deploy"),
+                    ("refused", "{s} v2 production", "already requested"),
                     ("starts", "{s} v2 staging", "requested"),
                 ):
                     bodies = [sender.command_body("/deploy", text.format(s=s)) for s in names]
