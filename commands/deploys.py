@@ -33,6 +33,10 @@ from storage.db import Store
 
 log = logging.getLogger("recess.deploys")
 
+# Platforms whose router (HAProxy, platforms/haproxy.py) recess runs itself, so its watchdog
+# watches it.
+ROUTED_PLATFORMS = ("local", "docker")
+
 __all__ = ["ATTENTION", "TERMINAL", "TRANSITIONS", "DeployError", "Deployer", "HeldError", "Notifier", "move"]
 
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -542,10 +546,10 @@ class Deployer:
         self.start_waiting()
 
     def watch_routers(self) -> list[tuple[str, str, Any]]:
-        """Revives the dead router of any service (platforms that run one: local)."""
+        """Revives the dead router of any service whose platform runs one (local, docker)."""
         revived = []
         for service, spec in self.cfg.services.items():
-            if spec.platform != "local":
+            if spec.platform not in ROUTED_PLATFORMS:
                 continue
             for env in self.cfg.service_environments(service):
                 try:
@@ -566,7 +570,7 @@ class Deployer:
             return None
         self.router_revivals[(service, env)] = self.router_revivals.get((service, env), 0) + 1
         spec = self.cfg.services[service]
-        listen = getattr(getattr(spec, "local", None), "listen", "its public address")
+        listen = getattr(getattr(spec, spec.platform, None), "listen", None) or "its public address"
         if revival.error:
             log.error("%s/%s: the router is dead and did not start again: %s", service, env, revival.error)
             self.notify.channel(f":rotating_light: The router of *{service}* in {env} is dead and could not be "
