@@ -4,12 +4,13 @@ calendar that every window decision reads (config tenants + config freezes + sto
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from commands.config import Config
 from commands.policy import Policy
-from commands.windows import Calendar, FreezeWindow, calendar_from_config
+from commands.windows import Calendar, FreezeWindow, calendar_from_config, parse_when
 from storage import audit
 from storage import freezes as freeze_rows
 from storage.db import Store
@@ -43,6 +44,47 @@ def check_instant(at: dt.datetime) -> dt.datetime:
     if not inside:
         raise ValueError(f"expected a time between 1970 and 2500, got {at.isoformat()}")
     return dt.datetime.fromtimestamp(at.timestamp(), dt.UTC)
+
+
+# Between START and END, optionally: `/window freeze tomorrow 18:00 to friday 07:00 Exams`.
+# Slack sends a typed ">" as "&gt;".
+SEPARATORS = ("to", "until", "->", "-&gt;", "\u2192")
+_MOST_WORDS = 3  # the longest time form: "friday 4:00 pm"
+
+
+def read_span(words: Sequence[str], now: dt.datetime, tz: str) -> tuple[dt.datetime, dt.datetime, str]:
+    """START, END and REASON from the words after `/window freeze`.
+
+    START and END take every form `/window at` reads (ISO 8601, "tomorrow 18:00", "friday 4pm",
+    "now"), quoted or not, optionally separated by `to` or `->`: each is the longest run of up to
+    three words that reads as a time, so `tomorrow 18:00 friday 07:00 Exams` splits as it reads.
+    END's "18:00" or "friday 07:00" is the next such time after START; what is left is the
+    reason. Raises FreezeError saying which part could not be read.
+    """
+    if not words:
+        raise FreezeError("`/window freeze` needs START, END and a REASON")
+    start, i = _read_time(words, 0, now, tz, "START")
+    if i < len(words) and words[i].lower() in SEPARATORS:
+        i += 1
+    if i >= len(words):
+        raise FreezeError("`/window freeze` needs START, END and a REASON")
+    end, i = _read_time(words, i, now, tz, "END", after=start)
+    reason = " ".join(words[i:]).strip()
+    if not reason:
+        raise FreezeError("`/window freeze` needs START, END and a REASON: add why, e.g. `State testing week`")
+    return start, end, reason
+
+
+def _read_time(words: Sequence[str], at: int, now: dt.datetime, tz: str, name: str,
+               after: dt.datetime | None = None) -> tuple[dt.datetime, int]:
+    """The instant the longest run of words from `at` means, and the index after it."""
+    problem = ""
+    for n in range(min(_MOST_WORDS, len(words) - at), 0, -1):
+        try:
+            return check_instant(parse_when(" ".join(words[at:at + n]), now, tz, after=after)), at + n
+        except ValueError as exc:
+            problem = str(exc)  # the last one tried is the single word: the most telling
+    raise FreezeError(f"could not read {name}: {problem}")
 
 
 def stored_freezes(store: Store, since: dt.datetime | None = None) -> list[FreezeWindow]:

@@ -577,9 +577,14 @@ _WEEKDAYS = {
     "thur": 3,
     "thurs": 3,
 }
+# ASCII digits only: \d alone would also read "١٦:٠٠" (Arabic-Indic digits) as 16:00.
 _WHEN = re.compile(
-    r"(?:(?P<day>[a-z]+)\s+)?(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)?"
+    r"(?:(?P<day>[a-z]+)\s+)?(?P<hour>[0-9]{1,2})(?::(?P<minute>[0-9]{2}))?\s*(?P<ampm>am|pm)?",
+    re.ASCII,
 )
+# The years parse_when reads; outside them an instant is refused before any arithmetic can
+# overflow (freezes.check_instant narrows it to 1970..2500 for decisions).
+_YEARS = (1970, 2500)
 WHEN_HELP = (
     "expected an ISO 8601 time (2027-03-16T09:30:00-04:00, or without an offset for your own "
     "timezone) or a local time like '16:00', '4pm', 'friday 16:00', 'mon 9:00', "
@@ -587,14 +592,17 @@ WHEN_HELP = (
 )
 
 
-def parse_when(text: str, now: dt.datetime, tz: str) -> dt.datetime:
+def parse_when(text: str, now: dt.datetime, tz: str, *, after: dt.datetime | None = None) -> dt.datetime:
     """The instant "/window at WHEN" means, in UTC.
 
     ISO 8601 with an offset is that instant; without one it is wall time in `tz`. '16:00',
-    'friday 16:00', 'mon 9:00' and '4pm' mean the next such local time at or after `now`;
-    'today' and 'tomorrow' pick the day; 'now' is `now`. A wall time that does not exist
-    (inside a spring-forward gap) moves forward by the gap, 02:30 becoming 03:30; a time that
-    happens twice on a fall-back night means the later one (both are pendulum's defaults).
+    'friday 16:00', 'mon 9:00' and '4pm' mean the next such local time at or after `after`
+    (default `now`: a freeze's END is the next such time after its START);
+    'today' and 'tomorrow' pick the day from `now`; 'now' is `now`. A wall time that does not
+    exist (inside a spring-forward gap) moves forward by the gap, 02:30 becoming 03:30; a time
+    that happens twice on a fall-back night means the later one (both are pendulum's defaults).
+    Digits are ASCII only, and years outside 1970..2500 are refused (ValueError, like any text
+    that is not a time).
     """
     now_utc = _utc(now)
     zone = _zone(tz)
@@ -603,14 +611,19 @@ def parse_when(text: str, now: dt.datetime, tz: str) -> dt.datetime:
         raise ValueError(WHEN_HELP)
     if s == "now":
         return now_utc
-    if re.match(r"\d{4}-", s):
+    if re.match(r"[0-9]{4}-", s):
         try:
             parsed = dt.datetime.fromisoformat(s.upper())
         except ValueError:
             raise ValueError(f"{WHEN_HELP}; got {text.strip()!r}") from None
-        if parsed.tzinfo is not None:
-            return _utc(parsed)
-        return _utc(_local(parsed.date(), parsed.time(), zone))
+        if not _YEARS[0] <= parsed.year <= _YEARS[1]:
+            raise ValueError(f"expected a time between 1970 and 2500, got {text.strip()!r}")
+        try:
+            if parsed.tzinfo is not None:
+                return _utc(parsed)
+            return _utc(_local(parsed.date(), parsed.time(), zone))
+        except OverflowError:
+            raise ValueError(f"expected a time between 1970 and 2500, got {text.strip()!r}") from None
     m = _WHEN.fullmatch(s)
     if m is None or (m["minute"] is None and m["ampm"] is None):
         raise ValueError(f"{WHEN_HELP}; got {text.strip()!r}")
@@ -630,12 +643,14 @@ def parse_when(text: str, now: dt.datetime, tz: str) -> dt.datetime:
         return _utc(_local(today + _DAY, clock, zone))
     if day is not None and day not in _WEEKDAYS:
         raise ValueError(f"{WHEN_HELP}; got {text.strip()!r}")
+    since = now_utc if after is None else max(now_utc, _utc(after))
+    first = since.astimezone(zone.tz).date()
     for ahead in range(8):
-        date = today + dt.timedelta(days=ahead)
+        date = first + dt.timedelta(days=ahead)
         if day is not None and date.weekday() != _WEEKDAYS[day]:
             continue
         candidate = _utc(_local(date, clock, zone))
-        if candidate >= now_utc:
+        if candidate >= since:
             return candidate
     raise AssertionError("unreachable: a weekday recurs within 8 days")
 
