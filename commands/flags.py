@@ -487,7 +487,12 @@ class FlagBook:
         if change.action in ("kill", "unkill"):
             killed = change.action == "kill"
             before, after = {"killed": bool(row["killed"])}, {"killed": killed}
-            _unchanged_if(before == after, f"`{key}` is already {'killed' if killed else 'live'}")
+            if not killed and not row["killed"]:
+                # Not "already live": a flag at 10 % is not live for everyone. Say what is so.
+                state = describe_state(_global_state(bool(row["default_value"]), row["rollout"], row["rollout_by"]))
+                raise Unchanged(f"`{key}` is not killed, so there is nothing to unkill (it stays {state}"
+                                f"{' for everyone' if row['rollout'] is None else ''}); nothing changed")
+            _unchanged_if(before == after, f"`{key}` is already killed")
             rows.update_flag(store, key, killed=int(killed), at=now)
             return before, after
 

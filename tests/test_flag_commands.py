@@ -4,6 +4,7 @@ announcement in the fake Slack, the audit rows, and refusals that leave the stor
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -233,6 +234,10 @@ def test_non_admins_cannot_change_flags_and_nothing_changes(shared, text):
         ('on ai_safety_v2 --note "unclosed', "check your quotes"),
         ("cancel 99", "no scheduled flag change #99"),
         ("cancel soon", "needs one scheduled change ID"),
+        ("cancel 9223372036854775808", "needs one scheduled change ID"),
+        ("cancel \u0663", "needs one scheduled change ID"),
+        ("rollout ai_safety_v2 \u0662\u0665", "not a percentage"),
+        ("rollout ai_safety_v2 1000", "not a percentage"),
     ],
 )
 def test_bad_input_gets_usage_and_changes_nothing(shared, text, problem):
@@ -322,3 +327,76 @@ def test_a_long_flag_list_fits_slacks_block_limits():
     assert len(reply["blocks"]) <= 50
     assert all(len(b["text"]["text"]) <= 3000 for b in reply["blocks"] if b["type"] == "section")
     assert "flag-000" in reply["blocks"][1]["text"]["text"]
+
+
+# -- words (issue 10, build item 15) -------------------------------------------------------------
+
+
+def test_kill_takes_an_unquoted_note_as_the_rest_of_the_line(server_factory, slack):
+    srv = server_factory()
+    text = reply_text(srv.command("/flag", "kill portfolio_enabled --note grades page 500s", user=APPROVER_1))
+    assert "live → killed" in text, text
+    assert last_audit(srv, "portfolio_enabled")["note"] == "grades page 500s"
+    slack.wait_for(lambda s: [c for c in s.of("chat.postMessage") if "Note: grades page 500s" in str(c.params.get("blocks"))])
+    assert evaluate(srv, "portfolio_enabled").reason == "DISABLED"
+
+
+def test_a_note_ends_at_the_next_option(server_factory):
+    srv = server_factory(clock=FakeClock(IN_SCHOOL))
+    text = reply_text(srv.command("/flag", "off portfolio_enabled --note after the last bell --at-window", user=APPROVER_1))
+    assert "Scheduled change #1" in text
+    assert srv.rt.store.row("SELECT note FROM flag_changes WHERE id = 1")["note"] == "after the last bell"
+
+
+def test_unkill_of_a_flag_that_is_not_killed_says_so_plainly(server_factory):
+    srv = server_factory()
+    srv.command("/flag", "rollout ai_safety_v2 10", user=APPROVER_1)
+    before = dump(srv)
+    text = reply_text(srv.command("/flag", "unkill ai_safety_v2", user=APPROVER_1))
+    assert "`ai_safety_v2` is not killed, so there is nothing to unkill (it stays 10% of users)" in text
+    assert "already live" not in text and "nothing changed" in text
+    assert dump(srv) == before
+
+
+def test_the_flag_list_counts_in_words(shared):
+    text = reply_text(shared.command("/flag", "list"))
+    assert "*Flags* (2 flags)" in text and "0 overrides" in text
+
+
+# -- escaping (finding 6) ---------------------------------------------------------------------------
+
+
+def test_a_flag_description_or_note_cannot_ping_the_channel_or_disguise_a_link(server_factory, slack):
+    srv = server_factory()
+    typed = "<!channel> see <https://evil.example|the recess console> & more"
+    srv.command("/flag", f'create grades_v2 "{typed}"', user=APPROVER_1)
+    srv.command("/flag", f"on grades_v2 --note {typed}", user=APPROVER_1)
+    inert = "&lt;!channel&gt; see &lt;https://evil.example|the recess console&gt; &amp; more"
+    created = wait_post(slack, "created (off)")
+    noted = slack.wait_for(lambda s: [json.dumps(c.params.get("blocks")) for c in s.of("chat.postMessage")
+                                      if "Note:" in str(c.params.get("blocks"))])[-1]
+    shown = reply_text(srv.command("/flag", "show grades_v2"))
+    history = reply_text(srv.command("/flag", "history grades_v2"))
+    for text in (created, noted, shown, history):
+        assert "<!channel>" not in text and "<https://evil.example" not in text
+        assert inert in text
+
+
+# -- ack first (build item 1) -----------------------------------------------------------------------
+
+
+def test_flag_changes_are_acked_at_once_while_the_store_is_locked_and_answered_after(server_factory, slack):
+    from tests.test_store_heals import LockHolder
+
+    srv = server_factory()
+    holder = LockHolder(srv.rt.store.path)  # another process holds the write lock
+    try:
+        resp = srv.command("/flag", "on ai_safety_v2", user=APPROVER_1)
+        assert resp.status_code == 200 and "Working on it" in reply_text(resp)
+        assert evaluate(srv, "ai_safety_v2").value is False
+        holder.release()
+        answered = slack.wait_for(lambda s: [r for r in s.responses if "off → on" in r.params.get("text", "")])
+        assert answered[0].params["response_type"] == "ephemeral"
+        assert evaluate(srv, "ai_safety_v2").value is True
+    finally:
+        holder.close()

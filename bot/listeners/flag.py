@@ -14,7 +14,8 @@ from typing import Any
 
 from slack_bolt import App
 
-from bot.listeners.text import ParseError, split_args
+from bot.acks import answer
+from bot.listeners.text import ParseError, parse_id, split_args
 from bot.runtime import Runtime, user_timezone
 from bot.views import flags as views
 from bot.views.common import ephemeral, usage_reply
@@ -24,7 +25,7 @@ from commands.freezes import current_calendar
 log = logging.getLogger("recess.flags")
 
 MAX_NOTE = 500
-_PERCENT = re.compile(r"(\d{1,3})%?")
+_PERCENT = re.compile(r"([0-9]{1,3})%?")  # ASCII digits only (\d would read "٢٥" as 25)
 _CHANGES = ("on", "off", "rollout", "kill", "unkill", "clear", "create")
 
 
@@ -45,10 +46,15 @@ def parse(text: str) -> FlagCommand:
     while i < len(tokens):
         token = tokens[i]
         if token == "--note":
-            if i + 1 >= len(tokens):
-                raise ParseError('`--note` needs a text, e.g. `--note "pilot at Lincoln"`')
-            note = tokens[i + 1]
-            i += 2
+            # The note is every word up to the next option, quoted or not: `--note grades page 500s`.
+            i += 1
+            words_of_note = []
+            while i < len(tokens) and not tokens[i].startswith("--"):
+                words_of_note.append(tokens[i])
+                i += 1
+            if not words_of_note:
+                raise ParseError('`--note` needs a text, e.g. `--note pilot at Lincoln`')
+            note = " ".join(words_of_note)
             continue
         if token.startswith("--note="):
             note = token[len("--note=") :]
@@ -72,8 +78,8 @@ def parse(text: str) -> FlagCommand:
 
 def parse_percentage(text: str) -> int:
     match = _PERCENT.fullmatch(text)
-    if not match:
-        raise ParseError(f"`{text}` is not a percentage: give a whole number from 0 to 100, e.g. `25`")
+    if not match or int(match.group(1)) > 100:
+        raise ParseError(f"`{text[:20]}` is not a percentage: give a whole number from 0 to 100, e.g. `25`")
     return int(match.group(1))
 
 
@@ -173,9 +179,13 @@ def change(rt: Runtime, book: FlagBook, user: str, cmd: FlagCommand, command: st
 
 
 def cancel(rt: Runtime, book: FlagBook, user: str, cmd: FlagCommand, command: str) -> dict[str, Any]:
-    if len(cmd.args) != 1 or not cmd.args[0].lstrip("#").isdigit():
-        raise ParseError("`/flag cancel` needs one scheduled change ID, e.g. `/flag cancel 3`")
-    change_id = int(cmd.args[0].lstrip("#"))
+    needs = "`/flag cancel` needs one scheduled change ID, e.g. `/flag cancel 3`"
+    if len(cmd.args) != 1:
+        raise ParseError(needs)
+    try:
+        change_id = parse_id(cmd.args[0], "scheduled change")
+    except ParseError as exc:
+        raise ParseError(f"{needs} ({exc})") from None
     scheduled = book.cancel(change_id, actor=user, policy=rt.policy, command=command, now=rt.now(), note=cmd.note)
     job = rt.scheduler.get_job(job_id(change_id))
     if job is not None:
@@ -238,5 +248,8 @@ def register(app: App, rt: Runtime) -> None:
         log.info("re-armed %d scheduled flag change(s)", armed)
 
     @app.command("/flag")
-    def flag_command(ack, command) -> None:  # noqa: ANN001 (Bolt injects by name)
-        ack(**handle_flag(rt, command["user_id"], command.get("text", "")))
+    def flag_command(ack, command, respond) -> None:  # noqa: ANN001 (Bolt injects by name)
+        # Everything, the store's write and the snapshot's rebuild included, runs in the work:
+        # the ack never waits for them (bot/acks.py).
+        answer(rt, ack, respond, lambda: handle_flag(rt, command["user_id"], command.get("text", "")),
+               what="your /flag")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from bot.views.common import context, ephemeral, render, section
+from bot.views.common import context, ephemeral, escape_mrkdwn, render, section
+from bot.views.window import plural
 from commands.flags import Applied, Flag, Scheduled, ScheduledOutcome, describe_state
 from commands.windows import format_local
 from storage.db import parse_iso
@@ -22,7 +23,8 @@ FLAG_USAGE = """/flag list                        every flag: default, rollout, 
 /flag kill KEY | unkill KEY       kill switch: off everywhere, beats everything
 /flag cancel ID                   cancel a scheduled change
 SCOPE: tenant=ID and/or role=NAME
-Changes take --note "why" and --at-window (apply at the next safe window)."""
+Changes take --note WHY (the words up to the next option, quotes optional:
+/flag kill grades_v2 --note grades page 500s) and --at-window (apply at the next safe window)."""
 
 SECTION_BUDGET = 2800  # characters per section block, under Slack's 3000
 
@@ -78,15 +80,15 @@ def list_reply(flags: list[Flag], last: dict[str, dict[str, Any]]) -> dict[str, 
     for f in flags:
         change = last.get(f.key)
         when = f"{_utc(change['at'])} by {_who(change['actor'])}" if change else "never"
-        overrides = f"{len(f.overrides)} override{'s' * (len(f.overrides) != 1)}"
+        overrides = plural(len(f.overrides), "override")
         lines.append(f"• `{f.key}` *{flag_state(f)}* · {overrides} · last change {when}")
-    blocks = [section(f"*Flags* ({len(flags)})"), *_sections(lines), context("`/flag show KEY` for one flag in full.")]
+    blocks = [section(f"*Flags* ({plural(len(flags), 'flag')})"), *_sections(lines), context("`/flag show KEY` for one flag in full.")]
     return {"response_type": "ephemeral", "text": f"Flags ({len(flags)})", "blocks": render(blocks)}
 
 
 def show_reply(flag: Flag, history: list[dict[str, Any]], scheduled: list[Scheduled]) -> dict[str, Any]:
     head = [
-        f"*`{flag.key}`*: {flag.description or '(no description)'}",
+        f"*`{flag.key}`*: {escape_mrkdwn(flag.description) or '(no description)'}",
         f"State: *{flag_state(flag)}*" + (" (kill switch on)" if flag.killed else ""),
         f"Default: {'on' if flag.default else 'off'} · rollout: "
         + (f"{flag.rollout}% by {flag.rollout_by}" if flag.rollout is not None else "none")
@@ -126,7 +128,7 @@ def history_line(entry: dict[str, Any]) -> str:
         scope = (after or before or {}).get("scope")
         where = f" for {scope}" if scope else ""
         what = f"{action}{where}: {describe_state(before)} → {describe_state(after)}"
-    note = f" — _{entry['note']}_" if entry.get("note") else ""
+    note = f" — _{escape_mrkdwn(entry['note'])}_" if entry.get("note") else ""
     return f"• {_utc(entry['at'])} {who} {what}{note}"
 
 
@@ -141,7 +143,7 @@ def change_line(applied: Applied) -> str:
     """'`portfolio_enabled` for tenant=lincoln-high: not set → on'."""
     change = applied.change
     if change.action == "create":
-        return f"`{change.key}` created (off): {change.description}"
+        return f"`{change.key}` created (off): {escape_mrkdwn(change.description)}"
     if change.action in ("kill", "unkill"):
         tail = " — off everywhere, whatever the overrides say" if change.action == "kill" else ""
         return f"`{change.key}`: {describe_state(applied.before)} → {describe_state(applied.after)}{tail}"
@@ -161,7 +163,7 @@ def change_announcement(applied: Applied) -> tuple[str, list[dict[str, Any]]]:
     text = f"{_icon(applied)} {_who(applied.actor)} changed a flag{origin}: {change_line(applied)}"
     blocks = [section(text)]
     if applied.note:
-        blocks.append(context(f"Note: {applied.note}"))
+        blocks.append(context(f"Note: {escape_mrkdwn(applied.note)}"))
     return text, render(blocks)
 
 
@@ -177,7 +179,7 @@ def scheduled_announcement(s: Scheduled) -> tuple[str, list[dict[str, Any]]]:
     text = f":alarm_clock: {_who(s.requested_by)} scheduled flag change #{s.id}: {s.change.summary()}, at the next safe window ({_utc(s.run_at)})."
     blocks = [section(text)]
     if s.note:
-        blocks.append(context(f"Note: {s.note}"))
+        blocks.append(context(f"Note: {escape_mrkdwn(s.note)}"))
     return text, render(blocks)
 
 
