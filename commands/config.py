@@ -287,6 +287,83 @@ class CommandPlatform(Strict):
     migrate: str | None = None
 
 
+# An image name without tag or digest (the version becomes the tag), as Docker's reference grammar
+# reads it: an optional registry host[:port], then lowercase path components.
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*(?::[0-9]+)?"
+IMAGE_NAME = re.compile(rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*")
+# What Docker accepts as a tag; a version must be one to run on the docker platform.
+IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def _image(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected an image name like 'ghcr.io/district/core', got {v!r}")
+    last = v.rsplit("/", 1)[-1]
+    if "@" in v or ":" in last:
+        raise ValueError(f"expected an image name without a tag or digest (recess adds the version as the tag), got {v!r}")
+    if len(v) > 255 or not IMAGE_NAME.fullmatch(v):
+        raise ValueError(f"expected a valid image reference like 'ghcr.io/district/core' (lowercase; letters, digits, "
+                         f"'.', '_', '-' and '/'), got {v!r}")
+    return v
+
+
+def _string_list(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"expected a list of strings like [\"--env-file\", \"core.env\"], got {v!r}")
+    return v
+
+
+StringList = Annotated[list[str], BeforeValidator(_string_list)]
+
+
+class DockerBuild(Strict):
+    context: str
+    dockerfile: str = "Dockerfile"
+    args: dict[str, str] = {}
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not VARIABLE_NAME.fullmatch(name):
+                raise ValueError(f"expected build argument names of A-Z, a-z, 0-9 and '_', got {name!r}")
+        return v
+
+
+class DockerPlatform(Strict):
+    image: Annotated[str, BeforeValidator(_image)]
+    port: int
+    listen: Address
+    slots: dict[Literal["blue", "green"], Address]
+    engine: Literal["docker", "podman"] = "docker"
+    run_args: StringList = []
+    migrate: StringList | None = None
+    pull: bool = False
+    build: DockerBuild | None = None
+    # Overrides [services.NAME] keep_images for this service's images.
+    keep_images: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port(cls, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
+            raise ValueError(f"expected the port the app listens on inside the container, from 1 to 65535, got {v!r}")
+        return v
+
+    @field_validator("slots")
+    @classmethod
+    def _both(cls, v: dict[str, str]) -> dict[str, str]:
+        return LocalPlatform._both(v)
+
+    @field_validator("migrate")
+    @classmethod
+    def _migrate(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("expected a command as a list of strings like [\"bin/rails\", \"db:migrate\"], got []")
+        return v
+
+
 class MigrationRunner(Strict):
     lock_timeout: Duration = dt.timedelta(seconds=5)
     statement_timeout: Duration = dt.timedelta(minutes=15)
@@ -311,7 +388,7 @@ def _check_variable(name: str, key: str) -> None:
 
 
 class Service(Strict):
-    platform: Literal["local", "command"]
+    platform: Literal["local", "command", "docker"]
     health_path: str = "/health"
     health_timeout: Duration = dt.timedelta(seconds=60)
     smoke: str | None = None
@@ -322,6 +399,12 @@ class Service(Strict):
     environments: list[str] | None = None
     local: LocalPlatform | None = None
     command: CommandPlatform | None = None
+    docker: DockerPlatform | None = None
+    # A shell command that builds the version before start_green (platforms other than docker, which
+    # builds from [services.NAME.docker] build), run in the config's folder with the RECESS_* values.
+    build: str | None = None
+    # Images of the service kept after a successful deploy (docker): older ones are removed.
+    keep_images: int = Field(default=5, ge=1, le=100)
     # What the service's processes see beyond PATH, HOME, LANG, LC_*, TZ and RECESS_*
     # (platforms/environment.py): these names with these values, and these names copied from
     # recess's own environment.
@@ -366,6 +449,11 @@ class Service(Strict):
             raise ValueError("platform 'local' needs a [services.NAME.local] table")
         if self.platform == "command" and self.command is None:
             raise ValueError("platform 'command' needs a [services.NAME.command] table")
+        if self.platform == "docker" and self.docker is None:
+            raise ValueError("platform 'docker' needs a [services.NAME.docker] table")
+        if self.platform == "docker" and self.build is not None:
+            raise ValueError("build: a docker service builds from [services.NAME.docker] build = {context = ...}, "
+                             "not from a shell command")
         return self
 
 
@@ -493,6 +581,17 @@ def load_config(path: str | Path) -> Config:
 
 
 def _check_files(cfg: Config) -> None:
+    for name, svc in cfg.services.items():
+        build = svc.docker.build if svc.docker else None
+        if build is None:
+            continue
+        if not cfg.path(build.context).is_dir():
+            raise ConfigError(f"{cfg.source}: services.{name}.docker.build.context: no such folder {build.context!r} "
+                              f"(relative to the config's folder)")
+        dockerfile = cfg.path(build.context) / build.dockerfile
+        if not dockerfile.is_file():
+            raise ConfigError(f"{cfg.source}: services.{name}.docker.build.dockerfile: no such file {build.dockerfile!r} "
+                              f"in {build.context!r}")
     for i, f in enumerate(cfg.windows.holidays):
         if not cfg.path(f).is_file():
             raise ConfigError(f"{cfg.source}: windows.holidays[{i}]: no such iCalendar file {f!r} (relative to the config's folder)")

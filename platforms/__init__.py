@@ -20,6 +20,7 @@ from platforms.base import (
     other_slot,
 )
 from platforms.command import CommandPlatform
+from platforms.docker import DockerPlatform
 from platforms.local import LocalPlatform
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SLOTS",
     "CommandPlatform",
+    "DockerPlatform",
     "Health",
     "LocalPlatform",
     "Platform",
@@ -59,6 +61,8 @@ def make_platform(cfg: Config, service: str, env: str) -> Platform:
     state_dir = cfg.state_dir / f"{service}.{env}"
     if spec.platform == "local":
         return LocalPlatform(service, env, spec, state_dir, workdir=cfg.base_dir)
+    if spec.platform == "docker":
+        return DockerPlatform(service, env, spec, state_dir, workdir=cfg.base_dir)
     if spec.platform == "command":
         return CommandPlatform(service, env, spec, state_dir, workdir=cfg.base_dir)
     raise PlatformError(f"service {service!r}: unknown platform {spec.platform!r}")

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages recess's demo and tests use, only when they are missing:
-# HAProxy (routes traffic for the `local` platform) and PostgreSQL (migration-safety tests).
+# HAProxy (routes traffic for the `local` and `docker` platforms), PostgreSQL (migration-safety
+# tests), and Podman with runc and a static busybox (the `docker` platform's tests build their
+# images FROM scratch, since no registry is reachable).
 set -euo pipefail
 need=()
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then need+=(postgresql); fi
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
   echo "recess needs: ${need[*]}. Install them with: apt-get install ${need[*]}" >&2
