@@ -250,6 +250,16 @@ def test_a_change_to_what_already_is_writes_nothing(book, store, change):
     assert dump(store) == before
 
 
+def test_unkill_of_a_flag_that_is_not_killed_says_what_it_is_instead(book, store, change):
+    change("rollout", "ai_safety_v2", pct=10)
+    before = dump(store)
+    with pytest.raises(Unchanged, match=r"`ai_safety_v2` is not killed, so there is nothing to unkill \(it stays 10% of users\)"):
+        change("unkill", "ai_safety_v2")
+    with pytest.raises(Unchanged, match=r"nothing to unkill \(it stays on for everyone\)"):
+        change("unkill", "portfolio_enabled")
+    assert dump(store) == before
+
+
 @pytest.mark.parametrize(
     "action, key, kw, message",
     [

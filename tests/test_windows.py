@@ -586,6 +586,62 @@ def test_window_at_explains_what_it_accepts(text: str):
         parse_when(text, WEDNESDAY_NOON, "America/New_York")
 
 
+@pytest.mark.parametrize("text", ["\u0661\u0666:\u0660\u0660", "fri \u0664pm", "１６:００"])
+def test_window_at_reads_ascii_digits_only(text: str):
+    with pytest.raises(ValueError, match="friday 16:00"):
+        parse_when(text, WEDNESDAY_NOON, "America/New_York")
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00",
+                                  "1969-12-31T23:00", "2501-01-01T00:00Z"])
+def test_window_at_refuses_years_it_cannot_reason_about_without_overflowing(text: str):
+    with pytest.raises(ValueError, match="between 1970 and 2500"):
+        parse_when(text, WEDNESDAY_NOON, "America/New_York")
+
+
+def test_a_local_time_after_an_instant_is_the_next_one_after_it():
+    friday_18 = local("America/New_York", 2027, 3, 12, 18, 0)
+    assert parse_when("07:00", WEDNESDAY_NOON, "America/New_York", after=friday_18) == local(
+        "America/New_York", 2027, 3, 13, 7, 0)
+    assert parse_when("mon 07:00", WEDNESDAY_NOON, "America/New_York", after=friday_18) == local(
+        "America/New_York", 2027, 3, 15, 7, 0)
+    # "tomorrow" is always from now, and ISO is absolute.
+    assert parse_when("tomorrow 07:00", WEDNESDAY_NOON, "America/New_York", after=friday_18) == local(
+        "America/New_York", 2027, 3, 11, 7, 0)
+
+
+@pytest.mark.parametrize(("words", "start", "end", "reason"), [
+    (["tomorrow", "18:00", "to", "friday", "07:00", "Report", "cards"], (11, 18), (12, 7), "Report cards"),
+    (["tomorrow 18:00", "friday 07:00", "Report", "cards"], (11, 18), (12, 7), "Report cards"),
+    (["tomorrow", "18:00", "friday", "07:00", "Report", "cards"], (11, 18), (12, 7), "Report cards"),
+    (["friday", "9:00", "am", "->", "5:00", "pm", "Staff", "day"], (12, 9), (12, 17), "Staff day"),
+    (["friday", "18:00", "-&gt;", "07:00", "Weekend"], (12, 18), (13, 7), "Weekend"),
+    (["2027-03-11T18:00", "2027-03-12T07:00-05:00", "ISO", "still", "works"], (11, 18), (12, 7), "ISO still works"),
+    (["2027-03-11T18:00", "2027-03-12T07:00", "Move", "to", "the", "new", "database"], (11, 18), (12, 7),
+     "Move to the new database"),
+])
+def test_a_freeze_splits_into_start_end_and_reason_as_it_reads(words, start, end, reason):
+    from commands.freezes import read_span
+
+    got = read_span(words, WEDNESDAY_NOON, "America/New_York")
+    assert got == (local("America/New_York", 2027, 3, *start, 0), local("America/New_York", 2027, 3, *end, 0), reason)
+
+
+@pytest.mark.parametrize(("words", "problem"), [
+    ([], "needs START, END and a REASON"),
+    (["tomorrow", "18:00"], "needs START, END and a REASON"),
+    (["tomorrow", "18:00", "friday", "07:00"], "add why"),
+    (["soon", "friday", "07:00", "Exams"], "could not read START"),
+    (["tomorrow", "18:00", "later", "Exams"], "could not read END"),
+    (["9999-01-01T00:00", "friday", "07:00", "Exams"], "between 1970 and 2500"),
+])
+def test_a_freeze_that_cannot_be_split_says_which_part(words, problem):
+    from commands.freezes import FreezeError, read_span
+
+    with pytest.raises(FreezeError, match=problem):
+        read_span(words, WEDNESDAY_NOON, "America/New_York")
+
+
 def test_format_local_adds_the_day_only_when_it_differs():
     at = utc(2027, 3, 19, 19, 0)
     assert format_local(at, "America/New_York") == "15:00 EDT"
