@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from platforms.environment import child_env
+
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 GROUP_KILLED = "its process group was killed"
 
@@ -51,12 +53,15 @@ def run_hook(
     timeout: float | None,
     grace: float = GRACE,
 ) -> HookResult:
-    """Runs `command` with the shell, in a session of its own; raises OSError if it cannot start."""
+    """Runs `command` with the shell, in a session of its own; raises OSError if it cannot start.
+
+    `env` is the hook's whole environment (build it with platforms.environment.child_env); None
+    gives it the base allow-list only, never recess's own environment."""
     proc = subprocess.Popen(
         command,
         shell=True,
         cwd=cwd,
-        env=dict(env) if env is not None else None,
+        env=dict(env) if env is not None else child_env(None),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

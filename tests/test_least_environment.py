@@ -268,3 +268,12 @@ def test_parse_id_refuses_what_is_not_an_id(text):
     with pytest.raises(ParseError, match="freeze ID"):
         parse_id(text, "freeze")
 
+
+
+def test_a_hook_run_without_an_environment_gets_the_base_allow_list_not_the_bots(tmp_path, bot_env):
+    from platforms.hooks import run_hook
+
+    ran = run_hook("env", cwd=tmp_path, env=None, timeout=30)
+    names = {line.partition("=")[0] for line in ran.stdout.splitlines()}
+    assert "PATH" in names
+    assert not names & {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "DATABASE_URL", "SOMETHING_ELSE"}
