@@ -115,6 +115,15 @@ class SlackSender:
                secret: str | None = None, **shape: Any) -> httpx.Response:
         return self.send(self.action_body(action_id, value, user=user, **shape), timestamp=timestamp, secret=secret)
 
-    def event(self, event: dict[str, Any], *, event_id: str = "Ev1", retry_num: int | None = None) -> httpx.Response:
-        headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"} if retry_num else None
-        return self.send(self.event_body(event, event_id=event_id), "application/json", headers=headers)
+    def event(self, event: dict[str, Any], *, event_id: str = "Ev1", retry_num: int | None = None,
+              timestamp: int | None = None) -> httpx.Response:
+        """An event; with `retry_num`, Slack's retry of it after an http_timeout. A retry is a new
+        delivery, signed when Slack sends it: at least 3 s after the try before (so its signature
+        differs), which is where its timestamp is put unless one is given."""
+        headers = None
+        if retry_num:
+            headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"}
+            if timestamp is None:
+                timestamp = int(time.time()) + 3 * retry_num
+        return self.send(self.event_body(event, event_id=event_id), "application/json", timestamp=timestamp,
+                         headers=headers)
