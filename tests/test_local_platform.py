@@ -48,6 +48,13 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
     return _wait_until(predicate, timeout=timeout)
 
 
+def with_env(platform: LocalPlatform, **env: str) -> LocalPlatform:
+    """The service's `env` table, as `[services.web] env = {...}` sets it: what its slots see (the
+    bot's own environment does not reach them)."""
+    platform.spec = platform.spec.model_copy(update={"env": {**platform.spec.env, **env}})
+    return platform
+
+
 def listen(platform: LocalPlatform) -> str:
     return platform.settings.listen
 
@@ -236,9 +243,8 @@ def test_drain_waits_for_the_last_session_on_the_old_slot(serving_v1):
 
 @pytest.mark.e2e
 @needs_haproxy
-def test_router_stats_count_requests_and_5xx_per_slot(make_local, monkeypatch):
-    platform = make_local()
-    monkeypatch.setenv("DEMO_FAIL_AFTER_SECONDS", "0")
+def test_router_stats_count_requests_and_5xx_per_slot(make_local):
+    platform = with_env(make_local(), DEMO_FAIL_AFTER_SECONDS="0")
     platform.start("green", "v3-bad")
     platform.shift({"green": 100})
     assert wait_until(lambda: get(listen(platform))[0] == 500)
@@ -255,9 +261,8 @@ def test_router_stats_count_requests_and_5xx_per_slot(make_local, monkeypatch):
 
 @pytest.mark.e2e
 @needs_haproxy
-def test_a_version_that_exits_at_once_fails_start_with_its_output(make_local, monkeypatch):
-    platform = make_local()
-    monkeypatch.setenv("DEMO_EXIT_AT_START", "1")
+def test_a_version_that_exits_at_once_fails_start_with_its_output(make_local):
+    platform = with_env(make_local(), DEMO_EXIT_AT_START="1")
     with pytest.raises(PlatformError) as err:
         platform.start("green", "v9")
     assert "exit code 3" in str(err.value)
@@ -309,9 +314,8 @@ def test_stop_kills_a_slot_that_ignores_sigterm(tmp_path):
 
 @pytest.mark.e2e
 @needs_haproxy
-def test_health_reports_the_status_of_a_failing_version(make_local, monkeypatch):
-    platform = make_local()
-    monkeypatch.setenv("DEMO_HEALTH_FAIL", "1")
+def test_health_reports_the_status_of_a_failing_version(make_local):
+    platform = with_env(make_local(), DEMO_HEALTH_FAIL="1")
     platform.start("green", "v2")
     assert wait_until(lambda: platform.health("green").status is not None)
     health = platform.health("green")
