@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections.abc import Callable
 
@@ -10,12 +11,16 @@ from bot.runtime import Runtime
 from commands.deploys import Deployer
 from platforms.base import Platform
 
+log = logging.getLogger(__name__)
+
 
 class OutboxNotifier:
     """The deploy domain's Notifier: every message is queued in SQLite and sent in order."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._lines: dict[tuple[int, str], int] = {}  # (deploy, key) -> outbox row of the posted line
+        self._lines_guard = threading.Lock()
 
     def post_card(self, deploy_id: int) -> None:
         self.rt.outbox.post_card(deploy_id, self.rt.cfg.bot.channel)
@@ -32,6 +37,28 @@ class OutboxNotifier:
             d = rows.get(self.rt.store, deploy_id)
             blocks = thread_rollback_blocks(text, d) if d else None
         self.rt.outbox.post(self.rt.cfg.bot.channel, text, blocks, deploy_id=deploy_id, thread=True, broadcast=broadcast)
+
+    def thread_line(self, deploy_id: int, key: str, text: str) -> None:
+        """A thread reply that later calls with the same `key` edit in place (the build's progress).
+
+        The first call posts through the outbox; an edit is one `chat.update` of the posted message,
+        made here and not queued: a progress edit that fails or finds the line not yet posted is
+        skipped, and the next one shows the newer state anyway."""
+        from storage import outbox as outbox_rows
+
+        with self._lines_guard:
+            row_id = self._lines.get((deploy_id, key))
+            if row_id is None:
+                self._lines[(deploy_id, key)] = self.rt.outbox.post(self.rt.cfg.bot.channel, text, deploy_id=deploy_id,
+                                                                    thread=True)
+                return
+        row = outbox_rows.get(self.rt.store, row_id)
+        if not row or not row.get("result_ts") or not row.get("channel"):
+            return
+        try:
+            self.rt.client.chat_update(channel=row["channel"], ts=row["result_ts"], text=text)
+        except Exception as exc:  # a progress edit is never worth failing a deploy for
+            log.warning("deploy %s: could not edit its %s line: %s", deploy_id, key, exc)
 
     def channel(self, text: str) -> None:
         self.rt.outbox.post(self.rt.cfg.bot.channel, text)

@@ -452,8 +452,8 @@ class Service(Strict):
         if self.platform == "docker" and self.docker is None:
             raise ValueError("platform 'docker' needs a [services.NAME.docker] table")
         if self.platform == "docker" and self.build is not None:
-            raise ValueError("build: a docker service builds from [services.NAME.docker] build = {context = ...}, "
-                             "not from a shell command")
+            raise ValueError("build: expected no shell command on a docker service: it builds from "
+                             "[services.NAME.docker] build = { context = ... }")
         return self
 
 

@@ -1,6 +1,6 @@
 """The blue-green pipeline: a persisted state machine, one `steps` row per step.
 
-start_green -> migrate -> health -> smoke -> shift (canary steps) -> bake -> done, then blue is
+build -> start_green -> migrate -> health -> smoke -> shift (canary steps) -> bake -> done, then blue is
 retired after `keep_blue`. Every step is stored before and after it runs, posts a thread reply with
 its duration, and updates the card. A failing step aborts: traffic stays on (or returns to) blue,
 green is stopped, the card turns red and the requester is mentioned.
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recess.pipeline")
 
-STEPS = ("start_green", "migrate", "health", "smoke", "shift", "bake")
+STEPS = ("build", "start_green", "migrate", "health", "smoke", "shift", "bake")
 OUTPUT_LIMIT = 1500
 
 __all__ = ["STEPS", "AutoRollback", "DeployTimeout", "Pipeline", "StepFailed", "crash_point", "end_attention"]
@@ -157,6 +157,14 @@ class Pipeline:
         if unclear:
             self._fail_before_start(unclear)
             return
+        # Built before slots are chosen: a failed (or interrupted) build has touched nothing.
+        try:
+            self.step("build", self.build)
+        except StepFailed as exc:
+            self._build_failed(exc)
+            return
+        except AutoRollback:
+            return
         blue = traffic.serving
         green = other_slot(blue) if blue else "blue"
         self.d.persist(lambda: rows.update(self.store, self.id, blue_slot=blue, green_slot=green,
@@ -181,6 +189,7 @@ class Pipeline:
         except AutoRollback:
             return
         self.finish(self.d.monotonic() - t0)
+        self.prune_images()
 
     def unclear(self, traffic: Traffic) -> str | None:
         """Why the router's state cannot be read as "blue serves, or nothing yet" (None when it can)."""
@@ -233,6 +242,51 @@ class Pipeline:
         self.d.persist(lambda: rows.finish_step(self.store, step_id, status, detail))
 
     # -- the steps ----------------------------------------------------------------------------
+
+    def build(self) -> str:
+        """Builds (or pulls) the version, its progress in one thread line edited at most every 5 s;
+        skipped when the image exists already or nothing is configured (platforms/build.py)."""
+        from platforms.build import Throttled, build_version
+
+        line = getattr(self.d.notify, "thread_line", None)  # a notifier that can edit a posted line
+        started = self.d.monotonic()
+
+        def show(text: str) -> None:
+            self.check_deadline()  # Stop pressed, or past deploy_timeout: raising here ends the build
+            if line is not None:
+                line(self.id, "build", redact(f":hammer_and_wrench: build: {text}", secrets_of(self.svc)))
+
+        progress = Throttled(show, monotonic=self.d.monotonic)
+        built = build_version(self.d.cfg, self.platform, *self.where, self.row["version"], progress=progress)
+        if built is None:
+            return "skipped: no build configured"
+        if progress.last_at is not None and line is not None:
+            line(self.id, "build", f":hammer_and_wrench: build: finished after {seconds(self.d.monotonic() - started)}")
+        return built.detail
+
+    def _build_failed(self, exc: StepFailed) -> None:
+        from platforms.build import FAIL_LINES
+
+        lines = "\n".join(exc.output.strip().splitlines()[-FAIL_LINES:])[-2800:]
+        if lines:
+            self.say(redact(f"The build's last {FAIL_LINES} lines of output:\n```{lines}```", secrets_of(self.svc)))
+        self._end_failed(StepFailed(str(exc)), "nothing was started and the traffic was not touched")
+
+    def prune_images(self) -> None:
+        """After a successful deploy: the service's images beyond keep_images are removed (never
+        one a slot runs). A failure here is logged; the deploy stays a success."""
+        prune = getattr(self.platform, "prune_images", None)
+        if prune is None:
+            return
+        try:
+            if self.status() != "succeeded":
+                return
+            removed = prune()
+        except Exception:
+            log.exception("deploy %s: could not remove old images", self.id)
+            return
+        if removed:
+            self.say(f":broom: removed {len(removed)} older image(s) of {self.row['service']}: {', '.join(removed)}")
 
     def start_green(self, green: str) -> str:
         # The version kept from an earlier deploy gives way: the door drains it, then replaces it.

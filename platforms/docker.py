@@ -526,6 +526,12 @@ class DockerPlatform:
         """(" with exit code N", the last log lines) of the slot's container."""
         if c is None:
             return "", ""
+        deadline = time.monotonic() + 2
+        while c.running and c.restarts and not c.exit_code and time.monotonic() < deadline:
+            # Podman resets the exit code when its restart policy starts the container again: look
+            # for a moment between two runs, when the engine shows how the last one ended.
+            time.sleep(0.05)
+            c = self.containers().get(slot) or c
         exited = c.exit_code is not None and (not c.running or c.restarts > 0)
         how = f" with exit code {c.exit_code}" if exited else ""
         if c.restarts:

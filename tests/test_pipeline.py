@@ -42,6 +42,16 @@ class Notes:
     def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
         self.thread_lines.append((deploy_id, text, broadcast))
 
+    def thread_line(self, deploy_id: int, key: str, text: str) -> None:
+        """A line edited in place: only its latest text is kept, at the place it was first posted."""
+        if not hasattr(self, "lines"):
+            self.lines: dict[tuple[int, str], int] = {}
+        at = self.lines.setdefault((deploy_id, key), len(self.thread_lines))
+        if at == len(self.thread_lines):
+            self.thread_lines.append((deploy_id, text, False))
+        else:
+            self.thread_lines[at] = (deploy_id, text, False)
+
     def channel(self, text: str) -> None:
         self.thread_lines.append((0, text, True))
 
@@ -85,7 +95,7 @@ def test_approved_deploy_moves_all_traffic_to_green_and_keeps_blue(make):
     assert result["status"] == "succeeded"
     assert fake.weights == {"blue": 0, "green": 100}
     assert fake.versions == {"blue": "v1", "green": "v2"} and fake.running["blue"]
-    assert [s["name"] for s in rows.steps(d.store, result["id"])] == ["start_green", "migrate", "health", "smoke", "shift", "bake"]
+    assert [s["name"] for s in rows.steps(d.store, result["id"])] == ["build", "start_green", "migrate", "health", "smoke", "shift", "bake"]
     assert result["blue_version"] == "v1" and result["blue_retire_at"] == AFTER_SCHOOL + dt.timedelta(minutes=30)
     assert (f"retire-{result['id']}", result["blue_retire_at"]) in armed
     assert "PGOPTIONS" in [c for c in fake.calls if c[0] == "migrate"][0][3]
