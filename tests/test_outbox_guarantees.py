@@ -200,13 +200,15 @@ def test_transient_errors_are_retried_until_they_pass_and_dropped_after_the_cap(
     refuses.rules.append(lambda method, params, post: next(flaky, None) if params.get("text") == "#3 health: ok" else None)
     refuses.rules.append(lambda method, params, post: slack_error("service_unavailable", 503)
                          if params.get("text") == "#4 health: ok" else None)
-    outbox.post(CHANNEL, "#3 health: ok", deploy_id=3)
+    flaky_row = outbox.post(CHANNEL, "#3 health: ok", deploy_id=3)
     hopeless = outbox.post(CHANNEL, "#4 health: ok", deploy_id=4)
     outbox.start()
 
     def tried(flaky_times: int, hopeless_times: int) -> None:
-        wait_until(lambda: refuses.count("#3 health: ok") == flaky_times and refuses.count("#4 health: ok") == hopeless_times,
-                   what=f"{flaky_times} and {hopeless_times} refusals")
+        """Waits until the outbox has recorded that many attempts (so the clock may move on)."""
+        wait_until(lambda: rows.get(store, flaky_row)["attempts"] == flaky_times
+                   and rows.get(store, hopeless)["attempts"] == hopeless_times,
+                   what=f"{flaky_times} and {hopeless_times} attempts")
 
     tried(1, 1)
     clock.advance(hours=23)
@@ -214,8 +216,9 @@ def test_transient_errors_are_retried_until_they_pass_and_dropped_after_the_cap(
     tried(2, 2)
     clock.advance(minutes=30)
     outbox.wake()
-    slack.wait_for(lambda s: "#3 health: ok" in [m.text for m in s.channel_messages(CHANNEL)])
-    tried(2, 3)
+    tried(3, 3)
+    assert "#3 health: ok" in [m.text for m in slack.channel_messages(CHANNEL)]
+    assert refuses.count("#3 health: ok") == 2 and refuses.count("#4 health: ok") == 3
     assert rows.get(store, hopeless)["sent_at"] is None  # 23.5 h: still trying
 
     clock.advance(hours=1)
