@@ -70,7 +70,7 @@ def test_a_killed_router_is_revived_with_its_weights_from_the_server_state_file(
 
 def test_a_router_that_dies_during_the_bake_is_revived_and_the_deploy_is_never_reported_live(server_factory, slack):
     ports = [free_port() for _ in range(3)]
-    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "20s"', 1)
+    base = BASE_CONFIG.replace('bake_time = "0s"', 'bake_time = "8s"', 1)
     srv = server_factory(local_service(*ports), clock=FakeClock(AFTER_SCHOOL), base=base)
     public = f"http://127.0.0.1:{ports[0]}"
     state_dir = srv.cfg.state_dir / "web.production"
