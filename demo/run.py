@@ -475,7 +475,7 @@ def main() -> int:
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="replace")
     style = Style(sys.stdout)
-    transcript = Transcript(Renderer({u.id: u for u in (DANA, PRIYA)}, CHANNELS, bold=style.bold), style)
+    transcript = Transcript(Renderer({u.id: u for u in (DANA, PRIYA)}, CHANNELS, bold=style.bold, tz=DANA.tz), style)
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise SystemExit(128 + signum)

@@ -114,10 +114,15 @@ EMOJI = {
     "recycle": "♻️", "red_circle": "🔴", "rocket": "🚀", "rotating_light": "🚨", "school": "🏫",
     "seedling": "🌱", "snowflake": "❄️", "sunny": "☀️", "sunrise": "🌅", "tada": "🎉",
     "triangular_flag_on_post": "🚩", "warning": "⚠️", "wastebasket": "🗑️", "white_check_mark": "✅",
-    "white_circle": "⚪", "x": "❌",
+    "white_circle": "⚪", "x": "❌", "link": "🔗", "octagonal_sign": "🛑", "broom": "🧹",
+    "hammer_and_wrench": "🛠️",
 }
 
 _EMOJI = re.compile(r":([a-z0-9_+-]+):")
+# <!date^EPOCH^FORMAT|fallback>: Slack shows FORMAT in each reader's own timezone.
+_DATE = re.compile(r"<!date\^(\d+)\^([^|>]*)(?:\|([^>]*))?>")
+_DATE_TOKENS = {"{date_short_pretty}": "%b %-d", "{date_short}": "%b %-d, %Y", "{date_pretty}": "%B %-d",
+                "{date}": "%B %-d, %Y", "{date_num}": "%Y-%m-%d", "{time}": "%H:%M", "{time_secs}": "%H:%M:%S"}
 _MENTION = re.compile(r"<([@#!])([A-Z0-9^]+)(?:\|([^>]*))?>")
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
@@ -126,10 +131,22 @@ _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 class Renderer:
     """Slack mrkdwn and Block Kit as plain text: names for IDs, emoji for shortcodes."""
 
-    def __init__(self, users: dict[str, User], channels: dict[str, str], *, bold: Callable[[str], str] = str) -> None:
+    def __init__(self, users: dict[str, User], channels: dict[str, str], *, bold: Callable[[str], str] = str,
+                 tz: str = "UTC") -> None:
         self.users = users
         self.channels = channels
         self.bold = bold
+        self.tz = tz  # the reader's timezone: Slack's date tokens are shown in it
+
+    def date(self, m: re.Match[str]) -> str:
+        import datetime as dt
+        from zoneinfo import ZoneInfo
+
+        at = dt.datetime.fromtimestamp(int(m.group(1)), ZoneInfo(self.tz))
+        out = m.group(2)
+        for token, fmt in _DATE_TOKENS.items():
+            out = out.replace(token, at.strftime(fmt))
+        return out + ("" if self.tz == "UTC" else f" {at.tzname()}")
 
     def text(self, mrkdwn: str) -> str:
         def mention(m: re.Match[str]) -> str:
@@ -141,7 +158,8 @@ class Renderer:
                 return "#" + (label or self.channels.get(ident, ident))
             return "@" + (label or ident.strip("^"))
 
-        out = _MENTION.sub(mention, mrkdwn)
+        out = _DATE.sub(self.date, mrkdwn)
+        out = _MENTION.sub(mention, out)
         out = _LINK.sub(lambda m: m.group(2) or m.group(1), out)
         out = _EMOJI.sub(lambda m: EMOJI.get(m.group(1), m.group(0)), out)
         out = out.replace("```", "")
