@@ -123,25 +123,24 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
 
 
 def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, clicked_at: float) -> None:
-    platform = d.platform_for(live["service"], live["env"])
     blue = p.blue_slot
     green = other_slot(blue)
-    health = d.traffic.probe(platform, blue)
-    if not health.ok and baking(live):
-        move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
-        d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
-                                    f"traffic stays on {p.current} while the bake watch runs.", broadcast=True)
-        return
-    if not health.ok:
-        d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({health.status or health.detail}); "
-                                    f"redeploying {p.target} through the pipeline instead.", broadcast=True)
-        d.running_here.add(rb_id)
-        d.run_async(lambda: d.run_pipeline(rb_id))
-        return
     try:
+        # One health probe of blue, inside the door's lock, right before the flip.
         flip = d.traffic.route(live["service"], live["env"], to=blue, version=p.target, owner=rb_id).router_seconds
         crash_point("rollback", "after")
     except TrafficRefused as exc:
+        if exc.kind == "unhealthy" and baking(live):
+            move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome="blue failed its health check")
+            d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({exc}); "
+                                        f"traffic stays on {p.current} while the bake watch runs.", broadcast=True)
+            return
+        if exc.kind == "unhealthy":
+            d.notify.thread(live["id"], f":warning: Blue ({p.target}) failed its health check ({exc}); "
+                                        f"redeploying {p.target} through the pipeline instead.", broadcast=True)
+            d.running_here.add(rb_id)
+            d.run_async(lambda: d.run_pipeline(rb_id))
+            return
         move(d.store, rb_id, "running", "failed", finished_at=d.clock(), outcome=f"refused: {exc}"[:500])
         d.notify.thread(live["id"], f":red_circle: Rollback refused: {exc}. Traffic is unchanged.", broadcast=True)
         return

@@ -75,6 +75,7 @@ class LocalPlatform:
         self.service = service
         self.env = env
         self.spec = spec  # its env and pass_env: what the slots and migrations see (child_env)
+        self._client: httpx.Client | None = None
         self.settings = spec.local
         self.health_path = spec.health_path
         self.state_dir = Path(state_dir).absolute()
@@ -199,13 +200,18 @@ class LocalPlatform:
             return Health(ok=False, detail=detail + (f"; its last output:\n{last}" if last else ""), exited=True)
         url = self.base_url(slot) + self.health_path
         try:
-            # trust_env=False: a proxy from the environment must not stand between us and localhost.
-            with httpx.Client(timeout=self.health_timeout, trust_env=False) as client:
-                resp = client.get(url)
+            resp = self._http().get(url)
         except httpx.HTTPError as exc:
             return Health(ok=False, detail=f"GET {url}: no answer ({type(exc).__name__}: {exc})")
         body = resp.text.strip().replace("\n", " ")[:200]
         return Health(ok=resp.status_code == 200, status=resp.status_code, detail=f"GET {url}: {resp.status_code} {body}")
+
+    def _http(self) -> httpx.Client:
+        """One client for every health probe: building one costs more than the probe itself.
+        trust_env=False: a proxy from the environment must not stand between us and localhost."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.health_timeout, trust_env=False)
+        return self._client
 
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
