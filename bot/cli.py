@@ -116,6 +116,78 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_down(args: argparse.Namespace) -> int:
+    """Takes a `local` or `docker` service down on purpose: drains and stops both slots and stops
+    its router (which the router watchdog then leaves alone). Refused while a deploy of it is
+    open (pending, approved, queued, running or needing attention)."""
+    from platforms import SLOTS, PlatformError, make_platform
+    from storage import audit
+    from storage.db import Store
+    from storage.deploys import ACTIVE
+
+    cfg = _config(args)
+    spec = cfg.services.get(args.service)
+    if spec is None:
+        print(f"recess down: unknown service {args.service!r} (known: {', '.join(sorted(cfg.services)) or 'none'})",
+              file=sys.stderr)
+        return 2
+    if spec.platform not in ("local", "docker"):
+        print(f"recess down: {args.service} runs on the {spec.platform!r} platform; recess only takes down services "
+              f"whose slots and router it runs itself (local, docker)", file=sys.stderr)
+        return 2
+    env = args.env or cfg.service_environments(args.service)[0]
+    if env not in cfg.service_environments(args.service):
+        print(f"recess down: {args.service} is not deployed to {env!r}", file=sys.stderr)
+        return 2
+    store = Store(cfg.database_path)
+    marks = ",".join("?" * len(ACTIVE))
+    busy = store.rows(f"SELECT id, status, version FROM deploys WHERE service = ? AND env = ? AND status IN ({marks})"
+                      f" ORDER BY id", (args.service, env, *ACTIVE))
+    if busy:
+        listed = ", ".join(f"#{d['id']} ({d['version']}, {d['status'].replace('_', ' ')})" for d in busy)
+        print(f"recess down: refused: {args.service} in {env} has open deploys: {listed}. Let them end, or cancel them, "
+              f"first", file=sys.stderr)
+        return 1
+    platform = make_platform(cfg, args.service, env)
+    try:
+        before = platform.status()
+    except PlatformError as exc:
+        print(f"recess down: cannot read {args.service} in {env}: {exc}", file=sys.stderr)
+        return 1
+    running = {s: before.slot(s).version for s in SLOTS if before.slot(s).running}
+    listen = getattr(getattr(spec, spec.platform), "listen", "its public address")
+    if not args.yes:
+        what = ", ".join(f"{s} ({v})" for s, v in running.items()) or "no slot runs"
+        if not sys.stdin.isatty():
+            print("recess down: not a terminal to ask on: add --yes to take the service down", file=sys.stderr)
+            return 2
+        answer = input(f"Take {args.service} down in {env}? {what}; {listen} stops answering. Type the service's "
+                       f"name to confirm: ")
+        if answer.strip() != args.service:
+            print("recess down: not confirmed; nothing was changed", file=sys.stderr)
+            return 1
+    router = platform.router  # type: ignore[attr-defined]  (both platforms run an HAProxyRouter)
+    stopped = []
+    try:
+        # The slot without traffic first; then the router, so the last slot holds no session when it stops.
+        for slot in sorted(running, key=lambda s: before.slot(s).weight):
+            if slot == before.serving:
+                router.stop()
+            platform.drain(slot, timeout=args.drain_timeout)
+            platform.stop(slot)
+            stopped.append(slot)
+        router.stop()
+    except PlatformError as exc:
+        print(f"recess down: {exc} {exc.output}".strip(), file=sys.stderr)
+        return 1
+    actor = f"cli:{os.environ.get('USER') or os.environ.get('LOGNAME') or 'unknown'}"
+    audit.record(store, actor=actor, command="recess down", action="service.down", target=f"service:{args.service}/{env}",
+                 before={"weights": before.weights, "running": running}, after={"stopped": stopped, "router": "stopped"})
+    done = ", ".join(f"{s} ({running[s]})" for s in stopped) or "no slot was running"
+    print(f"{args.service} in {env} is down: stopped {done} and its router on {listen}.")
+    return 0
+
+
 def cmd_migrations_lint(argv: Sequence[str]) -> int:
     from commands.migrations import lint_cli
 
@@ -144,6 +216,14 @@ def parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration")
     csub = config.add_subparsers(dest="config_command", required=True)
     csub.add_parser("check", help="validate the configuration and exit").set_defaults(run=cmd_config_check)
+
+    down = sub.add_parser("down", help="take a local or docker service down on purpose: both slots and its router")
+    down.add_argument("service")
+    down.add_argument("env", nargs="?", help="environment (default: the service's first)")
+    down.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    down.add_argument("--drain-timeout", type=float, default=30.0,
+                      help="seconds to wait for a slot's sessions to end before it stops (default 30)")
+    down.set_defaults(run=cmd_down)
 
     mig = sub.add_parser("migrations", help="migration safety")
     msub = mig.add_subparsers(dest="migrations_command", required=True)

@@ -281,3 +281,71 @@ def test_the_engine_environment_carries_where_the_engine_is_and_no_slack_secret(
     assert env["DOCKER_HOST"] == "ssh://deploy@school-web-1" and env["CONTAINER_HOST"].startswith("ssh://")
     assert "SLACK_SIGNING_SECRET" not in env and "signing-secret-value" not in env.values()
     assert os.environ["SLACK_SIGNING_SECRET"] == "signing-secret-value"
+
+
+# -- recess down -----------------------------------------------------------------------------------
+
+
+def down_config(tmp_path: Path, service: str) -> tuple[Path, Any]:
+    docker = docker_table(tmp_path, service)["services"][service]["docker"]
+    slots = docker["slots"]
+    (tmp_path / "app").mkdir(exist_ok=True)
+    if not (tmp_path / "app" / "Dockerfile").exists():
+        (tmp_path / "app" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "recess.toml").write_text(f"""
+[services.{service}]
+platform = "docker"
+health_path = "/health"
+
+[services.{service}.docker]
+image = "{docker['image']}"
+port = 8000
+listen = "{docker['listen']}"
+slots = {{ blue = "{slots['blue']}", green = "{slots['green']}" }}
+engine = "{docker['engine']}"
+build = {{ context = "app" }}
+""")
+    return tmp_path / "recess.toml", load_config(tmp_path / "recess.toml")
+
+
+@needs_haproxy
+def test_recess_down_stops_both_slots_and_the_router_and_says_so_in_the_audit(containers, tmp_path, capsys):
+    from bot.cli import main
+    from storage.db import Store
+
+    service = unique("d")
+    path, cfg = down_config(tmp_path, service)
+    platform = containers(service)  # the same service: the fixture removes what is left
+    platform = make_platform(cfg, service, "production")
+    for slot, version in (("blue", "v1"), ("green", "v2")):
+        platform.build(version)
+        platform.start(slot, version)
+    platform.shift({"blue": 0, "green": 100})
+    assert main(["--config", str(path), "down", service, "--yes"]) == 0
+    assert f"{service} in production is down: stopped blue (v1), green (v2)" in capsys.readouterr().out
+    traffic = make_platform(cfg, service, "production").status()
+    assert not any(s.running for s in traffic.slots.values()) and traffic.serving is None
+    assert not platform.router.started() and platform.watch_router() is None  # the watchdog leaves it down
+    entry = Store(cfg.database_path).row("SELECT * FROM audit WHERE action = 'service.down'")
+    assert entry and entry["command"] == "recess down" and entry["target"] == f"service:{service}/production"
+
+
+def test_recess_down_is_refused_while_a_deploy_of_the_service_is_open(tmp_path, capsys):
+    from bot.cli import main
+    from storage import deploys as rows
+    from storage.db import Store
+
+    path, cfg = down_config(tmp_path, "core")
+    rows.insert(Store(cfg.database_path), service="core", env="production", version="v2", requester="U0ENGINEER1",
+                status="running")
+    assert main(["--config", str(path), "down", "core", "--yes"]) == 1
+    assert "refused: core in production has open deploys: #1 (v2, running)" in capsys.readouterr().err
+
+
+def test_recess_down_asks_for_confirmation_without_yes(tmp_path, capsys, monkeypatch):
+    from bot.cli import main
+
+    path, _ = down_config(tmp_path, "core")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["--config", str(path), "down", "core"]) == 2
+    assert "add --yes" in capsys.readouterr().err
