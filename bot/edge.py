@@ -277,13 +277,14 @@ class ReplayGuard:
     """Signatures, bodies and event IDs seen lately, in memory and in SQLite (storage/replays.py).
 
     Memory answers every check, so a request never waits on the database's write lock to learn
-    whether it is a replay; the rows are written before the request is handed on (waiting at most
-    `lock_timeout`), and when another process holds the lock longer they stay queued and a
-    background thread writes them as soon as it can. At start the unexpired rows are loaded, so a
+    whether it is a replay; the rows are written before the request is handed on, waiting at most
+    `lock_timeout` (20 ms: a burst of requests, or another process holding the lock, must not
+    delay the ack), and otherwise they stay queued and a background thread writes them as soon as
+    it can. At start the unexpired rows are loaded, so a
     restart remembers what the last process saw.
     """
 
-    def __init__(self, store: Any, *, clock: Clock = time.time, lock_timeout: float = 0.25) -> None:
+    def __init__(self, store: Any, *, clock: Clock = time.time, lock_timeout: float = 0.02) -> None:
         self.store = store
         self.clock = clock
         self.lock_timeout = lock_timeout
@@ -353,6 +354,8 @@ class ReplayGuard:
         """Writes what is queued; True when nothing is left. On a locked store the rows stay
         queued and the background writer tries again."""
         with self._lock:
+            if lock_timeout is None and self._writer is not None and self._writer.is_alive():
+                return False  # the store is busy and the writer is on it: do not make a request wait
             signatures, self._unsaved_signatures = self._unsaved_signatures, []
             events, self._unsaved_events = self._unsaved_events, []
             prune_before, self._prune_before = self._prune_before, None
@@ -412,8 +415,9 @@ class Workspaces:
     """Which Slack teams recess answers: the one it is installed in (auth.test) and `[access] teams`.
 
     When auth.test failed at start-up, `[access] teams` alone decides; when that is empty too,
-    nothing is known yet: requests are let through with a warning, and auth.test is asked again
-    (in the background, at most once a minute) until it answers.
+    nothing is known, and requests are let through with a warning (the signature still proves
+    they come from Slack). Either way auth.test is asked again in the background, at most once a
+    minute, while requests arrive, until it answers.
     """
 
     def __init__(self, configured: Iterable[str], lookup: Callable[[], str | None], *,
@@ -446,9 +450,11 @@ class Workspaces:
         return self.configured | ({self.home} if self.home else frozenset())
 
     def serves(self, teams: list[str]) -> bool:
+        if self.home is None:
+            self._ask_again_later()
         allowed = self.allowed
         if not allowed:
-            self._ask_again_later()
+            log.warning("home workspace unknown and [access] teams empty: serving team %s unchecked", ", ".join(teams) or "(none)")
             return True
         return bool(teams) and all(team in allowed for team in teams)
 
@@ -457,7 +463,6 @@ class Workspaces:
             if self._asked_at is not None and self.clock() - self._asked_at < self.retry_every:
                 return
             self._asked_at = self.clock()
-        log.warning("home workspace unknown: a request is served without the team check; asking auth.test again")
         threading.Thread(target=self._ask, name="recess-auth-test", daemon=True).start()
 
 

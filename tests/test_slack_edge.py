@@ -11,6 +11,7 @@ import json
 import logging
 import select
 import socket
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -435,3 +436,21 @@ def test_with_no_known_workspace_requests_are_served_and_auth_test_is_asked_agai
     workspaces.serves(["T0OTHER"])  # asks auth.test again, in the background
     until(lambda: workspaces.home == "T1")
     assert not workspaces.serves(["T0OTHER"]) and workspaces.serves(["T1"])
+
+
+def test_replays_are_refused_while_another_process_holds_the_database(srv):
+    """The replay check never waits on SQLite's write lock: memory answers, and the signature is
+    written once the lock is free."""
+    body = srv.sender.command_body("/window", "")
+    ts = int(time.time())
+    signature = srv.sender.headers(body, timestamp=ts)["X-Slack-Signature"]
+    other = sqlite3.connect(srv.rt.cfg.database_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        assert srv.sender.send(body, timestamp=ts).status_code == 200
+        replay = srv.sender.send(body, timestamp=ts)
+        assert replay.status_code == 401 and "replayed" in replay.json()["error"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    until(lambda: srv.rt.store.row("SELECT 1 AS x FROM seen_signatures WHERE signature = ?", (signature,)))
