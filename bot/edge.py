@@ -421,9 +421,11 @@ class Workspaces:
     """
 
     def __init__(self, configured: Iterable[str], lookup: Callable[[], str | None], *,
-                 clock: Clock = time.monotonic, retry_every: float = 60.0) -> None:
+                 clock: Clock = time.monotonic, retry_every: float = 60.0,
+                 on_home: Callable[[str], None] | None = None) -> None:
         self.configured = frozenset(configured)
         self.lookup = lookup
+        self.on_home = on_home
         self.clock = clock
         self.retry_every = retry_every
         self.home: str | None = None
@@ -442,6 +444,8 @@ class Workspaces:
             return
         if home:
             self.home = home
+            if self.on_home is not None:
+                self.on_home(home)
             log.info("home workspace %s (auth.test)%s", home,
                      f"; also serving [access] teams {sorted(self.configured - {home})}" if self.configured - {home} else "")
 

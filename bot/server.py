@@ -52,8 +52,9 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock:
     workspaces = None
     if bolt is not None:
         lookup = make_client(rt.client.token, rt.client.base_url, timeout=5, retries=False)
-        workspaces = rt.extras["workspaces"] = edge.Workspaces(rt.cfg.access.teams, edge.auth_test_team(lookup))
-        rt.extras["home_team"] = workspaces.home
+        rt.extras["home_team"] = None  # the installed workspace's team ID, once auth.test has said it
+        workspaces = rt.extras["workspaces"] = edge.Workspaces(
+            rt.cfg.access.teams, edge.auth_test_team(lookup), on_home=lambda team: rt.extras.__setitem__("home_team", team))
 
     def admit(request: Request, body: bytes) -> Response | edge.SlackRequest:
         """Everything between the body and Bolt (bot/edge.py); runs in the thread pool, since the

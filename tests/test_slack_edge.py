@@ -405,6 +405,7 @@ PARTNER = BASE_CONFIG.replace("[access]\n", '[access]\nteams = ["T0PARTNER"]\n')
 
 def test_access_teams_adds_listed_workspaces_to_the_installed_one(servers):
     srv = servers.start(base=PARTNER)
+    assert srv.rt.extras["home_team"] == "T1"  # auth.test's answer, at start-up
     assert "installed in" not in srv.command("/window").text
     assert "installed in" not in sender_from(srv, "T0PARTNER").command("/window").text
     assert "installed in" in sender_from(srv, "T0OTHER").command("/window").text
@@ -415,6 +416,7 @@ def test_when_auth_test_fails_recess_starts_and_serves_only_access_teams(servers
     slack.fail_next("auth.test", 500, count=10)
     srv = servers.start(base=PARTNER)
     assert any("auth.test failed" in r.getMessage() for r in caplog.records)
+    assert srv.rt.extras["home_team"] is None
     assert "installed in" not in sender_from(srv, "T0PARTNER").command("/window").text
     assert "installed in" in sender_from(srv, "T0OTHER").command("/window").text
 
