@@ -32,5 +32,5 @@ def parse_id(text: str, what: str) -> int:
     number = int(match.group(1)) if match else 0
     if not 1 <= number <= MAX_ID:
         shown = (text or "")[:40]
-        raise ParseError(f"`{shown}` is not a {what} ID: expected a whole number from 1 up, like `3`")
+        raise ParseError(f"`{shown}` is not a {what} ID: IDs are whole numbers from 1 up")
     return number
