@@ -207,7 +207,7 @@ class DockerPlatform:
             log.info("%s/%s: started %s in %s (container %s)", self.service, self.env, version, slot, name)
             deadline = time.monotonic() + self.start_grace
             while True:
-                c = self.containers().get(slot)
+                c = self.container(slot)
                 if c is None or c.crashed:
                     detail = self._exit_detail(slot, c)
                     self._remove(slot)
@@ -223,14 +223,14 @@ class DockerPlatform:
         self._check_slot(slot)
         with StateLock.at(self._path(f"{slot}.lock")):
             if version is not None:
-                c = self.containers().get(slot)
+                c = self.container(slot)
                 if c is not None and c.running and c.version != version:
                     raise PlatformError(f"slot {slot} runs {c.version}, not {version}: not stopping it")
             self._remove(slot)
 
     def health(self, slot: str) -> Health:
         self._check_slot(slot)
-        c = self.containers().get(slot)
+        c = self.container(slot)
         if c is None:
             return Health(ok=False, detail=f"nothing runs in slot {slot}", exited=True)
         if c.crashed:
@@ -329,12 +329,27 @@ class DockerPlatform:
                      image_id=info[0], size=info[1])
 
     def _run_build(self, version: str, progress: Callable[[str], None]) -> None:
+        try:
+            self._run_build_once(version, progress)
+        except PlatformError as exc:
+            # Podman's layer cache can name an intermediate image another build or `rmi` just
+            # removed ("layer not known"): that build is sound, only the cache is stale. Once more
+            # without the cache.
+            if "layer not known" not in exc.output:
+                raise
+            log.warning("%s/%s: %s build cache was stale (%s); building again without it", self.service, self.env,
+                        self.engine, exc.output.strip().splitlines()[-1][:200])
+            self._run_build_once(version, progress, no_cache=True)
+
+    def _run_build_once(self, version: str, progress: Callable[[str], None], *, no_cache: bool = False) -> None:
         build = self.settings.build
         assert build is not None
         context = Path(build.context)
         context = context if context.is_absolute() else self.workdir / context
         args = [self._binary(), "build", "-t", self.ref(version), "-f", str(context / build.dockerfile),
                 "--label", f"{LABEL}.service={self.service}", "--label", f"{LABEL}.version={version}"]
+        if no_cache:
+            args.append("--no-cache")
         if self.engine == "docker":
             args += ["--progress", "plain"]  # BuildKit: one line per event, not a redrawn screen
         for key, value in build.args.items():
@@ -441,34 +456,61 @@ class DockerPlatform:
         self.router.stop()
 
     def containers(self, *, every: bool = False) -> dict[str, Container]:
-        """This service's slot containers by slot, read from the engine by label. With `every`, the
-        migration container too (keyed "migrate")."""
-        listed = self._engine(["ps", "-a", "-q", "--no-trunc", "--filter", f"label={LABEL}.service={self.service}",
-                               "--filter", f"label={LABEL}.env={self.env}"], what="list containers")
-        ids = listed.stdout.split()
-        if not ids:
-            return {}
-        done = self._engine(["inspect", *ids], check=False, what="inspect containers")
-        try:
-            data = json.loads(done.stdout or "[]")
-        except ValueError as exc:
-            raise PlatformError(f"{self.engine} inspect answered something that is not JSON", output=done.stdout[-500:]) from exc
+        """This service's slot containers by slot, from one `ps` by label (what status() reads).
+        With `every`, the migration container too (keyed "migrate"). `ps` does not tell restarts:
+        health() and start() inspect the slot's container for that."""
+        filters = ["--filter", f"label={LABEL}.service={self.service}", "--filter", f"label={LABEL}.env={self.env}"]
+        if self.engine == "podman":
+            listed = self._engine(["ps", "-a", *filters, "--format", "json"], what="list containers")
+            try:
+                items = json.loads(listed.stdout or "[]") or []
+            except ValueError as exc:
+                raise PlatformError("podman ps answered something that is not JSON", output=listed.stdout[-500:]) from exc
+            rows = [(str(i.get("Id", "")), (i.get("Names") or [""])[0], i.get("Labels") or {}, str(i.get("State", "")),
+                     i.get("ExitCode")) for i in items]
+        else:
+            listed = self._engine(["ps", "-a", "--no-trunc", *filters, "--format", "{{json .}}"], what="list containers")
+            rows = []
+            for line in listed.stdout.splitlines():
+                try:
+                    i = json.loads(line)
+                except ValueError:
+                    continue
+                labels = dict(pair.split("=", 1) for pair in str(i.get("Labels", "")).split(",") if "=" in pair)
+                rows.append((str(i.get("ID", "")), str(i.get("Names", "")), labels, str(i.get("State", "")), None))
         found: dict[str, Container] = {}
-        for item in data:
-            labels = (item.get("Config") or {}).get("Labels") or {}
-            if labels.get(f"{LABEL}.service") != self.service or labels.get(f"{LABEL}.env") != self.env:
+        for cid, name, labels, state, code in rows:
+            c = self._container(cid, name, labels, {"Status": state, "Running": state == "running", "ExitCode": code}, 0)
+            if c is None or (c.slot == "migrate" and not every):
                 continue
-            slot = labels.get(f"{LABEL}.slot")
-            if slot not in SLOTS and not (every and slot == "migrate"):
-                continue
-            state = item.get("State") or {}
-            c = Container(id=str(item.get("Id", "")), name=str(item.get("Name", "")).lstrip("/"), slot=slot,
-                          version=labels.get(f"{LABEL}.version"), status=str(state.get("Status", "")),
-                          running=bool(state.get("Running")), exit_code=state.get("ExitCode"),
-                          restarts=int(item.get("RestartCount") or 0))
-            if slot not in found or (c.running and not found[slot].running):
-                found[slot] = c  # someone ran a second container with our labels: the live one counts
+            if c.slot not in found or (c.running and not found[c.slot].running):
+                found[c.slot] = c  # someone ran a second container with our labels: the live one counts
         return found
+
+    def container(self, slot: str) -> Container | None:
+        """The slot's container, inspected by its name (state, exit code, restarts), or None."""
+        done = self._engine(["inspect", "--type", "container", self.container_name(slot)], check=False,
+                            what="inspect a container")
+        if done.returncode != 0:
+            return None
+        try:
+            item = json.loads(done.stdout or "[]")[0]
+        except (ValueError, IndexError):
+            return None
+        c = self._container(str(item.get("Id", "")), str(item.get("Name", "")), (item.get("Config") or {}).get("Labels") or {},
+                            item.get("State") or {}, int(item.get("RestartCount") or 0))
+        return c if c is not None and c.slot == slot else None
+
+    def _container(self, cid: str, name: str, labels: Mapping[str, str], state: Mapping[str, Any],
+                   restarts: int) -> Container | None:
+        if labels.get(f"{LABEL}.service") != self.service or labels.get(f"{LABEL}.env") != self.env:
+            return None
+        slot = labels.get(f"{LABEL}.slot")
+        if slot not in (*SLOTS, "migrate"):
+            return None
+        return Container(id=cid, name=name.lstrip("/"), slot=slot, version=labels.get(f"{LABEL}.version"),
+                         status=str(state.get("Status", "")), running=bool(state.get("Running")),
+                         exit_code=state.get("ExitCode"), restarts=restarts)
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -512,7 +554,7 @@ class DockerPlatform:
     def _remove(self, slot: str) -> None:
         """Stops (with the grace period) and removes the slot's container, if there is one."""
         name = self.container_name(slot)
-        c = self.containers().get(slot)
+        c = self.container(slot)
         if c is None:
             self._engine(["rm", "-f", name], check=False, what=f"remove {name}")  # a stray one with our name
             return
@@ -531,7 +573,7 @@ class DockerPlatform:
             # Podman resets the exit code when its restart policy starts the container again: look
             # for a moment between two runs, when the engine shows how the last one ended.
             time.sleep(0.05)
-            c = self.containers().get(slot) or c
+            c = self.container(slot) or c
         exited = c.exit_code is not None and (not c.running or c.restarts > 0)
         how = f" with exit code {c.exit_code}" if exited else ""
         if c.restarts:
