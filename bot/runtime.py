@@ -73,6 +73,7 @@ class Runtime:
         self.outbox.start()
         if not self.scheduler.running:
             self.scheduler.start()
+            log.info("scheduler started: queued deploys, retirements and the watchdogs run from now on")
         for hook in self.extras.get("on_start", []):
             hook(self)
 

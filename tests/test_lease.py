@@ -172,7 +172,7 @@ def test_a_standby_neither_serves_nor_starts_until_the_owner_dies_then_takes_ove
     assert standby.proc.poll() is None, standby.stderr()
     assert not standby.healthy(), "a waiting standby must not serve"
     # Nothing after the lease: no scheduler, so no recovery, no queued jobs, no outbox.
-    assert "Scheduler started" not in standby.stderr()
+    assert "scheduler started" not in standby.stderr()
     assert lock_record(config)["pid"] == first.proc.pid
     assert standby.stderr().count("waiting to take over") == 1
 
@@ -180,7 +180,7 @@ def test_a_standby_neither_serves_nor_starts_until_the_owner_dies_then_takes_ove
     first.proc.wait(timeout=20)
     standby.wait_healthy(timeout=30)
     log = standby.stderr()
-    assert log.index("took over the database") < log.index("Scheduler started"), "the lease comes before anything starts"
+    assert log.index("took over the database") < log.index("scheduler started"), "the lease comes before anything starts"
     assert lock_record(config)["pid"] == standby.proc.pid
 
 
