@@ -10,7 +10,7 @@ from slack_bolt import App
 
 from bot.acks import answer, later
 from bot.deploying import deployer_of
-from bot.listeners.text import ParseError, split_args
+from bot.listeners.text import ParseError, parse_id, split_args
 from bot.runtime import Runtime
 from bot.views.common import ephemeral, usage_reply
 from bot.views.deploy import (
@@ -127,18 +127,16 @@ def link_card(rt: Runtime, deploy_id: int, respond: Any, timeout: float = 30.0) 
         time.sleep(0.1)
 
 
-MAX_ID = 2**63 - 1
-
-
 def parse_button_value(value: Any) -> tuple[int | None, str | None]:
-    """A button's value is "ID:TOKEN" (ID alone on cards from before tokens). ASCII digits only,
-    in SQLite's integer range; anything else carries no deploy."""
+    """A button's value is "ID:TOKEN" (ID alone on cards from before tokens); an ID that is not
+    ASCII digits in SQLite's integer range (parse_id) carries no deploy."""
     if not isinstance(value, str):
         return None, None
     ident, _, token = value.partition(":")
-    if not (ident.isascii() and ident.isdigit()) or not 0 < int(ident) <= MAX_ID:
+    try:
+        return parse_id(ident, "deploy"), token or None
+    except ParseError:
         return None, None
-    return int(ident), token or None
 
 
 def _click(body: dict[str, Any]) -> tuple[str, int | None, str | None, str | None]:
