@@ -229,7 +229,22 @@ class DockerPlatform:
             self._remove(slot)
 
     def health(self, slot: str) -> Health:
+        """One probe of the slot's health path. A 200 needs no engine call (it is the common case,
+        and rollback clicks probe blue right before the flip); any other answer asks the engine
+        whether the container is gone or exited, which fails at once with its exit code and log."""
         self._check_slot(slot)
+        url = self.base_url(slot) + self.health_path
+        try:
+            with httpx.Client(timeout=self.health_timeout, trust_env=False) as client:
+                resp = client.get(url)
+        except httpx.HTTPError as exc:
+            answer = Health(ok=False, detail=f"GET {url}: no answer ({type(exc).__name__}: {exc})")
+        else:
+            body = resp.text.strip().replace("\n", " ")[:200]
+            answer = Health(ok=resp.status_code == 200, status=resp.status_code,
+                            detail=f"GET {url}: {resp.status_code} {body}")
+            if answer.ok:
+                return answer
         c = self.container(slot)
         if c is None:
             return Health(ok=False, detail=f"nothing runs in slot {slot}", exited=True)
@@ -237,14 +252,7 @@ class DockerPlatform:
             how, last = self._exit_detail(slot, c)
             detail = f"the container of {c.version} in slot {slot} exited{how}"
             return Health(ok=False, detail=detail + (f"; its last log lines:\n{last}" if last else ""), exited=True)
-        url = self.base_url(slot) + self.health_path
-        try:
-            with httpx.Client(timeout=self.health_timeout, trust_env=False) as client:
-                resp = client.get(url)
-        except httpx.HTTPError as exc:
-            return Health(ok=False, detail=f"GET {url}: no answer ({type(exc).__name__}: {exc})")
-        body = resp.text.strip().replace("\n", " ")[:200]
-        return Health(ok=resp.status_code == 200, status=resp.status_code, detail=f"GET {url}: {resp.status_code} {body}")
+        return answer
 
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
