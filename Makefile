@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-busy lint bench system-deps clean serve
+.PHONY: demo demo-docker test test-busy lint bench system-deps clean serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ system-deps:
 
 demo: $(STAMP) system-deps
 	$(VENV)/bin/python -m demo.run
+
+# The same story with the portal in containers (Podman or Docker, images built FROM scratch);
+# says why and exits 0 where no engine can run containers.
+demo-docker: $(STAMP) system-deps
+	$(VENV)/bin/python -m demo.docker_run
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .

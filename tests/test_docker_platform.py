@@ -195,7 +195,7 @@ def test_blue_green_between_two_containers_loses_no_request_of_keep_alive_client
     labels = engine_json("inspect", "--format", "{{json .Config.Labels}}", name).replace(" ", "")
     for key, value in (("service", platform.service), ("env", "production"), ("slot", "green"), ("version", "v2")):
         assert f'"recess.{key}":"{value}"' in labels
-    assert get(platform.settings.slots["green"], "/") == (200, "v2\n")
+    assert get(platform.settings.slots["green"], "/") == (200, "v2")
 
 
 def platform_cfg(platform: DockerPlatform):  # noqa: ANN201
