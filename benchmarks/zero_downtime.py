@@ -328,6 +328,7 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--min-requests", type=int, default=50000, help="requests the load must reach during the cycles")
     ap.add_argument("--no-crash", action="store_true", help="skip the crash-recovery matrix")
+    ap.add_argument("--keep", action="store_true", help="keep the working folder (configs, database, every log)")
     args = ap.parse_args()
     print(machine())
     print(f"workload: {args.clients} keep-alive clients on the public address; {args.cycles} deploy+rollback cycles through "
@@ -338,7 +339,9 @@ def main() -> int:
 
     ok = True
     with tempfile.TemporaryDirectory(prefix="zero-downtime-") as tmpdir:
-        tmp = Path(tmpdir)
+        tmp = Path(tempfile.mkdtemp(prefix="zero-downtime-kept-")) if args.keep else Path(tmpdir)
+        if args.keep:
+            print(f"working folder (kept): {tmp}")
         cycles_cfg, crash_cfg, listen = write_configs(tmp)
         db = Db(tmp / "recess.db")
         cfg = load_config(cycles_cfg)

@@ -184,8 +184,15 @@ class TrafficDoor:
                 except TrafficRefused as exc:
                     raise NeedsAttention(f"blue cannot take the traffic back: {exc}") from None
                 notes.append(f"traffic back on blue ({blue_version}) in {flip.router_seconds * 1000:.1f} ms")
-            stopped = self._stop_locked(platform, service, env, green, green_version, owner=owner, drain_timeout=5)
-            notes.append(stopped)
+            try:
+                notes.append(self._stop_locked(platform, service, env, green, green_version, owner=owner, drain_timeout=5))
+            except TrafficRefused as exc:
+                if exc.kind != "other_version":
+                    raise NeedsAttention(f"green could not be stopped: {exc}") from None
+                # The new version never started there: the slot still holds what an earlier
+                # deploy kept (a version kept for rollback), which is not this deploy's to stop.
+                held = self.read(service, env).slot(green).version
+                notes.append(f"slot {green} still holds {held} from before, left as it was")
             serving = self.read(service, env).serving
             return Restored(", ".join(notes), serving)
 

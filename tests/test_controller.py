@@ -352,3 +352,16 @@ def _alive(pid: int) -> bool:
     from platforms.host import alive
 
     return alive(pid)
+
+
+def test_recovery_before_green_started_leaves_a_version_kept_in_greens_slot_alone(make):
+    d, fake, _ = make()
+    fake.start("green", "v0")  # kept for rollback by an earlier deploy
+    deploy_id = d.request(actor=ENGINEER, service="web", version="v2")["id"]
+    rows.transition(d.store, deploy_id, "pending", "running", started_at=AFTER_SCHOOL)
+    rows.update(d.store, deploy_id, blue_slot="blue", green_slot="green", blue_version="v1")
+    rows.start_step(d.store, deploy_id, "start_green")  # killed before v2 started
+    assert recover_all(d) == [(deploy_id, "rolled back to blue")]
+    assert fake.weights == {"blue": 100, "green": 0}
+    assert fake.running["green"] and fake.versions["green"] == "v0"
+    assert "still holds v0 from before" in d.notify.text()
