@@ -89,10 +89,12 @@ def unique(prefix: str) -> str:
 
 
 def remove_everything(name: str, image: str) -> None:
-    """Removes the containers labelled with service `name` and every tag of `image`."""
+    """Removes the containers of service `name` that run `image` (only those: a demo and a benchmark
+    may both deploy a service called web on this engine), and every tag of `image`."""
     eng = engine()
-    ids = subprocess.run([eng, "ps", "-a", "-q", "--filter", f"label=recess.service={name}"],
-                         capture_output=True, text=True, timeout=60).stdout.split()
+    listed = subprocess.run([eng, "ps", "-a", "--no-trunc", "--filter", f"label=recess.service={name}", "--format",
+                             "{{.ID}} {{.Image}}"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    ids = [line.split()[0] for line in listed if len(line.split()) == 2 and line.split()[1].startswith(f"{image}:")]
     if ids:
         subprocess.run([eng, "rm", "-f", *ids], capture_output=True, timeout=120)
     tags = subprocess.run([eng, "images", image, "--format", "{{.Repository}}:{{.Tag}}"],
