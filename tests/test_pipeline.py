@@ -635,3 +635,58 @@ def test_each_deploy_event_is_one_structured_log_line_with_id_service_version_an
     assert any("event=approved" in line and f"actor={APPROVER_1}" in line and "version=v2" in line for line in lines)
     assert any("event=step" in line and "step=shift" in line and "service=web" in line for line in lines)
     assert any("event=succeeded" in line and "env=production" in line for line in lines)
+
+
+# -- the build step ------------------------------------------------------------------------------
+
+BUILT_SERVICE = FAKE_SERVICE.replace('health_timeout = "1s"\n', 'health_timeout = "1s"\nbuild = "{build}"\n')
+
+
+def test_a_build_command_runs_before_green_starts_with_the_deploy_values(make, tmp_path):
+    d, fake, _ = make(extra=BUILT_SERVICE.format(build="echo built $RECESS_SERVICE $RECESS_VERSION > built.txt"))
+    result = deploy_and_approve(d, "v2")
+    assert result["status"] == "succeeded"
+    steps = rows.steps(d.store, result["id"])
+    assert [s["name"] for s in steps][:2] == ["build", "start_green"]
+    assert steps[0]["status"] == "succeeded" and "the build command succeeded" in steps[0]["detail"]
+    assert (tmp_path / "built.txt").read_text().strip() == "built web v2"  # run in the config's folder
+
+
+def test_a_failed_build_fails_the_deploy_before_anything_starts_with_its_last_40_lines(make):
+    build = "for i in $(seq 1 60); do echo line $i; done; echo compiler said no; exit 3"
+    d, fake, _ = make(extra=BUILT_SERVICE.format(build=build))
+    result = deploy_and_approve(d, "v2")
+    assert result["status"] == "failed" and "the build command exited 3" in result["outcome"]
+    assert [s["name"] for s in rows.steps(d.store, result["id"])] == ["build"]
+    assert not [c for c in fake.calls if c[0] in ("start", "stop", "shift")]  # nothing was touched
+    text = d.notify.text()
+    assert "last 40 lines" in text and "compiler said no" in text and "line 22" in text and "line 21\n" not in text
+    assert "nothing was started and the traffic was not touched" in text.lower()
+
+
+def test_without_a_build_the_step_is_skipped_saying_why(make):
+    d, _, _ = make()
+    result = deploy_and_approve(d, "v2")
+    build = rows.steps(d.store, result["id"])[0]
+    assert (build["name"], build["status"], build["detail"]) == ("build", "skipped", "skipped: no build configured")
+
+
+def test_build_progress_is_one_line_edited_at_most_every_5_seconds():
+    from platforms.build import Throttled
+
+    now = [0.0]
+    said: list[str] = []
+    progress = Throttled(said.append, monotonic=lambda: now[0])
+    for t, text in ((0.0, "step 1/4"), (1.0, "step 2/4"), (4.9, "step 3/4"), (5.0, "step 4/4"), (9.0, "x"), (10.1, "y")):
+        now[0] = t
+        progress(text)
+    assert said == ["step 1/4", "step 4/4", "y"]
+
+
+def test_a_notifier_line_edited_in_place_keeps_its_place_in_the_thread():
+    notes = Notes()
+    notes.thread(1, "started")
+    notes.thread_line(1, "build", "build: step 1/3")
+    notes.thread(1, "other")
+    notes.thread_line(1, "build", "build: step 3/3")
+    assert notes.text() == "started\nbuild: step 3/3\nother"
