@@ -31,7 +31,7 @@ TARGET_P99 = 0.300
 APPROVER = "U0APPROVER1"
 STATUS = json.dumps({"weights": {"blue": 100, "green": 0}, "versions": {"blue": "v0", "green": None}})
 
-SERVICE = f"""
+SERVICE = """
 [services.web]
 platform = "command"
 health_timeout = "5s"

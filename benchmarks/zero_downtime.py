@@ -132,6 +132,12 @@ class Bot:
             return int(row["id"])
         status, body = resp.status_code, resp.content
         text = json.loads(body).get("text", "") if body else ""
+        if status == 200 and "Working on it" in text:
+            # Acked before the answer was ready (a busy machine): the answer follows through
+            # respond(); the stored request is what counts here.
+            row = self.db.wait(lambda: self.db.row("SELECT id FROM deploys WHERE version = ?", (version,)), 30,
+                               what=f"the request for {version}")
+            return int(row["id"])
         found = re.search(r"Deploy #(\d+)", text)
         if status != 200 or not found:
             raise RuntimeError(f"/deploy web {version} answered {status}: {text or body!r}")
