@@ -122,7 +122,7 @@ def stream(port: int, path: str, total: int, *, chunked: bool, headers: dict[str
     block, sent, answer = b"x" * chunk, 0, b""
     try:
         while True:
-            want_write = bool(out) or sent < total
+            want_write = bool(out) or (chunk > 0 and sent < total)  # chunk 0: headers only
             readable, writable, _ = select.select([sock], [sock] if want_write else [], [], 30)
             if readable:
                 data = sock.recv(65536)
