@@ -358,15 +358,16 @@ class DockerPlatform:
                 "--label", f"{LABEL}.service={self.service}", "--label", f"{LABEL}.version={version}"]
         if no_cache:
             args.append("--no-cache")
-        if self.engine == "docker":
-            args += ["--progress", "plain"]  # BuildKit: one line per event, not a redrawn screen
         for key, value in build.args.items():
             args += ["--build-arg", f"{key}={value}"]
         args += ["--build-arg", f"RECESS_VERSION={version}", str(context)]
         lines: collections.deque[str] = collections.deque(maxlen=FAIL_LINES)
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(args, cwd=self.workdir, env=engine_env(None), stdin=subprocess.DEVNULL,
+            # BuildKit: one line per event, not a redrawn screen (the legacy builder ignores it,
+            # and refuses a --progress flag).
+            env = engine_env(None, {"BUILDKIT_PROGRESS": "plain"} if self.engine == "docker" else {})
+            proc = subprocess.Popen(args, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             raise PlatformError(f"cannot run {self.engine}: {exc}; {INSTALL_HINT[self.engine]}") from None
@@ -397,7 +398,8 @@ class DockerPlatform:
         if code != 0:
             ran_out = time.monotonic() - started >= self.build_timeout
             why = f"ran longer than {self.build_timeout:.0f} s and was stopped" if ran_out else f"exited {code}"
-            raise PlatformError(f"{self.engine} build of {self.ref(version)} {why}", output="\n".join(lines))
+            said = f": {lines[-1][:300]}{self._down_hint(lines[-1])}" if lines and self._down_hint(lines[-1]) else ""
+            raise PlatformError(f"{self.engine} build of {self.ref(version)} {why}{said}", output="\n".join(lines))
 
     def image_exists(self, version: str) -> bool:
         return self.image_info(version) is not None
@@ -547,13 +549,17 @@ class DockerPlatform:
             self._add_engine_time(time.monotonic() - started)
         if check and done.returncode != 0:
             message = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else f"exit code {done.returncode}"
-            hint = ""
-            if re.search(r"cannot connect|connection refused|no such file or directory.*sock|is the docker daemon",
-                         done.stdout, re.IGNORECASE):
-                hint = f" (is the engine running? {INSTALL_HINT[self.engine]})"
+            hint = self._down_hint(done.stdout)
             raise PlatformError(f"{self.engine} could not {what or args[0]}: {message[:300]}{hint}",
                                 output=_trim(done.stdout))
         return done
+
+    def _down_hint(self, output: str) -> str:
+        """The install hint, when the engine's answer says it is not there or not running."""
+        if re.search(r"cannot connect|connection refused|no such file or directory.*sock|is the docker daemon",
+                     output, re.IGNORECASE):
+            return f" (is the engine running? {INSTALL_HINT[self.engine]})"
+        return ""
 
     def _add_engine_time(self, seconds: float) -> None:
         with self._engine_guard:

@@ -148,6 +148,11 @@ def test_a_failed_build_fails_the_deploy_before_anything_starts(docker_server, s
     assert any("last 40 lines" in t and "this version does not build, on purpose" in t for t in texts)
     assert any("nothing was started and the traffic was not touched" in t.lower() for t in texts)
     assert httpx.get(srv.service["public"] + "/").text.strip() == "v1"
+    # '+' passes /deploy (commands/deploys.py VERSION) but is no image tag: refused at build.
+    plus = deploy(srv, "v3+build.5", 3)
+    assert plus["status"] == "failed" and "is not a valid image tag" in plus["outcome"]
+    assert list(step_details(srv, 3)) == ["build"]
+    assert httpx.get(srv.service["public"] + "/").text.strip() == "v1"
 
 
 @pytest.mark.parametrize("version", ["v1/evil", "v" * 129])

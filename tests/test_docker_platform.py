@@ -130,6 +130,19 @@ def test_an_engine_that_is_not_installed_fails_with_the_install_hint(tmp_path, m
         platform.build("v1")
 
 
+def test_an_engine_that_is_not_running_fails_the_build_with_its_own_message_and_the_hint(tmp_path):
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI to try without its daemon")
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0:
+        pytest.skip("a Docker daemon runs here")
+    app_context(tmp_path / "app") if Path("/bin/busybox").exists() else (tmp_path / "app").mkdir()
+    cfg = parse_config(docker_table(tmp_path, "core", engine="docker"), base_dir=tmp_path)
+    platform = make_platform(cfg, "core", "production")
+    with pytest.raises(PlatformError) as err:
+        platform.build("v1")
+    assert "Cannot connect to the Docker daemon" in str(err.value) and "install Docker Engine" in str(err.value)
+
+
 def test_a_version_that_is_not_an_image_tag_is_refused_by_the_driver(tmp_path):
     cfg = parse_config(docker_table(tmp_path, "core"), base_dir=tmp_path)
     platform = make_platform(cfg, "core", "production")
