@@ -87,8 +87,38 @@ def build_app(rt: Runtime, *, socket_mode: bool = False) -> App:
             return BoltResponse(status=200, body="")
         return next()
 
+    if socket_mode:
+        # Over HTTP the edge (bot/server.py, bot/edge.py) refuses other workspaces before Bolt sees
+        # a request; Socket Mode traffic never passes it, so the same rule is a middleware here.
+        from bot import edge
+        from bot.slack_client import make_client
+
+        lookup = make_client(rt.client.token, rt.client.base_url, timeout=5, retries=False)
+        workspaces = rt.extras.setdefault("workspaces", edge.Workspaces(
+            rt.cfg.access.teams, edge.auth_test_team(lookup), on_home=lambda team: rt.extras.__setitem__("home_team", team)))
+
+        @app.middleware
+        def home_workspace_only(body: dict, ack: Callable[..., Any], next: Callable[[], BoltResponse]) -> BoltResponse | None:  # noqa: A002
+            if not isinstance(body, dict) or workspaces.serves(teams_of(body)):
+                return next()
+            log.warning("refused a Socket Mode request from team(s) %s: not the home workspace", teams_of(body))
+            if body.get("type") == "event_callback":
+                return ack()
+            return ack(text=edge.NOT_HOME, response_type="ephemeral")
+
     from bot.listeners import deploy, flag, home, window
 
     for room in (window, home, deploy, flag):
         room.register(app, rt)
     return app
+
+
+def teams_of(body: dict[str, Any]) -> list[str]:
+    """The Slack team IDs a command, click or event says it comes from."""
+    found = [body["team_id"]] if isinstance(body.get("team_id"), str) else []
+    team, user = body.get("team"), body.get("user")
+    if isinstance(team, dict) and isinstance(team.get("id"), str):
+        found.append(team["id"])
+    if isinstance(user, dict) and isinstance(user.get("team_id"), str):
+        found.append(user["team_id"])
+    return found

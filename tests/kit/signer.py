@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import time
 import urllib.parse
 from typing import Any
 
 import httpx
+
+# Slack gives every command and click its own trigger_id: two identical requests sent in the same
+# second are two requests, never a replay of one signature.
+_TRIGGERS = itertools.count(1)
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -48,7 +53,7 @@ class SlackSender:
             "token": "legacy", "team_id": self.team_id, "team_domain": "school", "channel_id": channel,
             "channel_name": channel_name, "user_id": user, "user_name": user_name or user.lower(),
             "command": command, "text": text, "api_app_id": self.app_id, "is_enterprise_install": "false",
-            "response_url": response_url or self.response_url, "trigger_id": f"{time.time():.0f}.1.2",
+            "response_url": response_url or self.response_url, "trigger_id": f"{time.time():.0f}.{next(_TRIGGERS)}.1",
         })
 
     def action_body(self, action_id: str, value: str, *, user: str, message_ts: str | None = "1800000001.000100",
@@ -73,7 +78,7 @@ class SlackSender:
             "user": {"id": user, "username": user_name or user.lower(), "team_id": self.team_id},
             "api_app_id": self.app_id,
             "token": "legacy",
-            "trigger_id": f"{time.time():.0f}.2.3",
+            "trigger_id": f"{time.time():.0f}.{next(_TRIGGERS)}.2",
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": ephemeral},
             "channel": {"id": channel},
             "response_url": response_url or self.response_url,
