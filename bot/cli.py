@@ -148,6 +148,9 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"recess down: refused: {args.service} in {env} has open deploys: {listed}. Let them end, or cancel them, "
               f"first", file=sys.stderr)
         return 1
+    if not args.yes and not sys.stdin.isatty():
+        print("recess down: not a terminal to ask on: add --yes to take the service down", file=sys.stderr)
+        return 2
     platform = make_platform(cfg, args.service, env)
     try:
         before = platform.status()
@@ -158,9 +161,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     listen = getattr(getattr(spec, spec.platform), "listen", "its public address")
     if not args.yes:
         what = ", ".join(f"{s} ({v})" for s, v in running.items()) or "no slot runs"
-        if not sys.stdin.isatty():
-            print("recess down: not a terminal to ask on: add --yes to take the service down", file=sys.stderr)
-            return 2
         answer = input(f"Take {args.service} down in {env}? {what}; {listen} stops answering. Type the service's "
                        f"name to confirm: ")
         if answer.strip() != args.service:

@@ -11,7 +11,14 @@ import pytest
 
 from storage import deploys as rows
 from storage.db import Store
-from tests.docker import app_context, engine, engine_unavailable, remove_everything, unique
+from tests.docker import (
+    app_context,
+    engine,
+    engine_unavailable,
+    remove_everything,
+    require_engine,
+    unique,
+)
 from tests.harness import ENGINEER, FakeClock, free_port, write_config
 from tests.kit.load import Load
 from tests.test_e2e_local import approve, serves, wait_status
@@ -42,10 +49,8 @@ build = {{ context = "app" }}
 @pytest.fixture
 def service(tmp_path):
     """A fresh docker service's name, image and ports, its build context in the config's folder;
-    its containers, images and router are removed afterwards."""
-    reason = engine_unavailable()
-    if reason:
-        pytest.skip(reason)
+    its containers, images and router are removed afterwards. Each test calls require_engine()
+    first: skipped from one line, pytest's summary says why in one line."""
     app_context(tmp_path / "app")
     name = unique("e")
     image = f"localhost/recess-e2e-{name}"
@@ -56,9 +61,10 @@ def service(tmp_path):
     from platforms import make_platform
 
     config = tmp_path / "recess.toml"
-    if config.exists():
+    if engine_unavailable() is None and config.exists():
         make_platform(load_config(config), name, "production").router.stop()
-    remove_everything(name, image)
+    if engine_unavailable() is None:
+        remove_everything(name, image)
 
 
 @pytest.fixture
@@ -79,6 +85,7 @@ def step_details(srv, deploy_id: int) -> dict[str, tuple[str, str]]:  # noqa: AN
 
 
 def test_built_versions_deploy_blue_green_with_no_failed_request_and_roll_back_in_one_click(docker_server, slack):
+    require_engine()
     srv = docker_server
     public = srv.service["public"]
     first = deploy(srv, "v1", 1)
@@ -115,6 +122,7 @@ def test_built_versions_deploy_blue_green_with_no_failed_request_and_roll_back_i
 
 
 def test_a_container_that_exits_and_one_never_healthy_both_fail_while_v1_serves(server_factory, service, slack):
+    require_engine()
     srv = server_factory(docker_service(service["name"], service["image"], *service["ports"], health_timeout="4s"),
                          clock=FakeClock(AFTER_SCHOOL))
     srv.service = service
@@ -138,6 +146,7 @@ def test_a_container_that_exits_and_one_never_healthy_both_fail_while_v1_serves(
 
 
 def test_a_failed_build_fails_the_deploy_before_anything_starts(docker_server, slack):
+    require_engine()
     srv = docker_server
     assert deploy(srv, "v1", 1)["status"] == "succeeded"
     broken = deploy(srv, "v2-broken", 2)
@@ -194,6 +203,7 @@ bake_time = "1s"
 ])
 def test_bot_killed_during_a_container_deploy_recovers_from_what_the_engine_runs(tmp_path, slack, service, crash_at,
                                                                                   serving, status):
+    require_engine()
     from tests.test_crash_recovery import Bot, wait_for
 
     name, public = service["name"], service["public"]
