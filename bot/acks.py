@@ -2,7 +2,7 @@
 the store, Slack or squawk are doing.
 
 A listener hands its whole answer to `answer`, which runs it on recess's own `answers` executor
-and waits a short budget (150 ms). A fast answer (nearly all of them: a few milliseconds) is the
+and waits a short budget (100 ms). A fast answer (nearly all of them: a few milliseconds) is the
 ack itself, as before. A slow one (another process holds the database's write lock, Slack is slow
 to tell a user's timezone, squawk is linting) is acked with a short "working on it", and the answer
 follows through `respond()` once it is ready. Work that fails after the ack is always told to the
@@ -26,7 +26,7 @@ log = logging.getLogger("recess.acks")
 
 # Seconds a listener waits for its answer before it acks with "working on it": well under the
 # 300 ms every ack must meet, leaving room for the edge's own checks before the listener runs.
-BUDGET = 0.15
+BUDGET = 0.10
 WORKING = ":hourglass_flowing_sand: Working on it; the answer follows here in a moment."
 
 

@@ -150,51 +150,57 @@ class Deployer:
         env_cfg = self.cfg.environments[env]
         now = self.clock()
         blocked_now = env_cfg.respect_windows and not current_calendar(self.cfg, self.store).is_safe(now)
-        with self._lock, self.store.transaction():
-            for open_ in rows.open_requests(self.store, service, env):
-                if open_["status"] == "pending" and now - open_["created_at"] > env_cfg.request_expiry:
-                    move(self.store, open_["id"], "pending", "cancelled", finished_at=now, outcome="expired: not approved in time")
-                    audit.record(self.store, actor="recess", command=command, action="deploy.expire",
-                                 target=f"deploy:{open_['id']}", before={"status": "pending"}, after={"status": "cancelled"})
-                    self.notify.update_card(open_["id"])
-                elif open_["version"] == version:
-                    raise DeployError(f"{version} of {service} in {env} is already requested as deploy #{open_['id']} "
-                                      f"({open_['status']}); see its card")
-            live = rows.live(self.store, service, env)
-            current = live["version"] if live else None
-            if current == version:
-                raise DeployError(f"{version} is already live on {service} in {env}")
-            if lint is not None:
-                lint["contract_allowed"] = bool(contract and (live is None or live["blue_retired"]))
-            needed = env_cfg.approvals
-            if now_reason and blocked_now:
-                needed += 1  # overriding the school calendar costs one more approval
-            if lint and lint["contract_allowed"] and lint["contract"]:
-                needed += 1
-            deploy_id = rows.insert(
-                self.store,
-                kind="deploy",
-                service=service,
-                env=env,
-                version=version,
-                previous_version=current,
-                requester=actor,
-                status="pending",
-                now_reason=now_reason.strip() if now_reason else None,
-                canary=canary,
-                contract=int(contract),
-                approvals_needed=needed,
-                lint=lint,
-                channel=self.cfg.bot.channel,
-                created_at=now,
-                click_token=new_click_token(),
-            )
-            audit.record(
-                self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
-                after={"service": service, "env": env, "version": version, "previous": current,
-                       "now_reason": now_reason, "canary": canary, "approvals_needed": needed},
-                at=now,
-            )
+        def record() -> tuple[int, int]:
+            with self.store.transaction():
+                for open_ in rows.open_requests(self.store, service, env):
+                    if open_["status"] == "pending" and now - open_["created_at"] > env_cfg.request_expiry:
+                        move(self.store, open_["id"], "pending", "cancelled", finished_at=now, outcome="expired: not approved in time")
+                        audit.record(self.store, actor="recess", command=command, action="deploy.expire",
+                                     target=f"deploy:{open_['id']}", before={"status": "pending"}, after={"status": "cancelled"})
+                        self.notify.update_card(open_["id"])
+                    elif open_["version"] == version:
+                        raise DeployError(f"{version} of {service} in {env} is already requested as deploy #{open_['id']} "
+                                          f"({open_['status']}); see its card")
+                live = rows.live(self.store, service, env)
+                current = live["version"] if live else None
+                if current == version:
+                    raise DeployError(f"{version} is already live on {service} in {env}")
+                if lint is not None:
+                    lint["contract_allowed"] = bool(contract and (live is None or live["blue_retired"]))
+                needed = env_cfg.approvals
+                if now_reason and blocked_now:
+                    needed += 1  # overriding the school calendar costs one more approval
+                if lint and lint["contract_allowed"] and lint["contract"]:
+                    needed += 1
+                deploy_id = rows.insert(
+                    self.store,
+                    kind="deploy",
+                    service=service,
+                    env=env,
+                    version=version,
+                    previous_version=current,
+                    requester=actor,
+                    status="pending",
+                    now_reason=now_reason.strip() if now_reason else None,
+                    canary=canary,
+                    contract=int(contract),
+                    approvals_needed=needed,
+                    lint=lint,
+                    channel=self.cfg.bot.channel,
+                    created_at=now,
+                    click_token=new_click_token(),
+                )
+                audit.record(
+                    self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
+                    after={"service": service, "env": env, "version": version, "previous": current,
+                           "now_reason": now_reason, "canary": canary, "approvals_needed": needed},
+                    at=now,
+                )
+            return deploy_id, needed
+
+        with self._lock:
+            # Waits out another process holding the write lock: the request is answered once stored.
+            deploy_id, needed = self.store.retrying(record)
         log_event("requested", rows.get(self.store, deploy_id), actor=actor, approvals_needed=needed)
         self.notify.post_card(deploy_id)
         if needed == 0 and not self.blocking_findings(deploy_id):
