@@ -275,7 +275,7 @@ class Deployer:
         if blocking:
             f = blocking[0]
             raise DeployError(
-                f"approval is refused while {len(blocking)} migration finding(s) block: "
+                f"approval is refused while {len(blocking)} migration {'finding blocks' if len(blocking) == 1 else 'findings block'}: "
                 f"{f['file']}:{f['line']} {f['rule']}. {f.get('fix', '')}"
             )
         def record() -> None:

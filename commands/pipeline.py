@@ -257,7 +257,8 @@ class Pipeline:
                 line(self.id, "build", redact(f":hammer_and_wrench: build: {text}", secrets_of(self.svc)))
 
         progress = Throttled(show, monotonic=self.d.monotonic)
-        built = build_version(self.d.cfg, self.platform, *self.where, self.row["version"], progress=progress)
+        built = build_version(self.d.cfg, self.platform, *self.where, self.row["version"], progress=progress,
+                              rollback=self.row["kind"] == "rollback")
         if built is None:
             return "skipped: no build configured"
         if progress.last_at is not None and line is not None:
@@ -324,7 +325,7 @@ class Pipeline:
             polls += 1
             health = self.platform.health(green)
             if health.ok:
-                return f"{self.svc.health_path} answered 200 after {polls} poll(s)"
+                return f"{self.svc.health_path} answered 200 after {polls} {'poll' if polls == 1 else 'polls'}"
             if health.exited:
                 raise StepFailed(f"green exited before it was healthy ({health.detail})")
             if self.d.monotonic() >= deadline:

@@ -61,7 +61,7 @@ def test_card_shows_pending_migrations_with_blocking_findings_and_approval_is_re
     assert "CONCURRENTLY" in blocks  # the fix is on the card
     assert "Approval is refused" in blocks
     srv.click("deploy_approve", 1, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 1)["card_ts"])
-    slack.wait_for(lambda s: "migration finding(s) block" in responses(s))
+    slack.wait_for(lambda s: "migration finding blocks" in responses(s))
     assert rows.get(srv.rt.store, 1)["status"] == "pending"
 
 
