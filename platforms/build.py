@@ -46,14 +46,18 @@ class Throttled:
 
 
 def build_version(cfg: Config, platform: Platform, service: str, env: str, version: str, *,
-                  progress: Callable[[str], None] = lambda text: None,
+                  progress: Callable[[str], None] = lambda text: None, rollback: bool = False,
                   timeout: float = BUILD_TIMEOUT) -> Built | None:
+    """With `rollback`, nothing is built: the version was built when it was first deployed (a
+    docker rollback whose image is gone fails, rather than build today's code under its tag)."""
     spec = cfg.services[service]
     build = getattr(platform, "build", None)
     if spec.platform == "docker" and callable(build):
-        return build(version, progress)
+        return build(version, progress, may_build=not rollback)
     if not spec.build:
         return None
+    if rollback:
+        return Built("skipped: a rollback returns to a version built before", skipped=True)
     env_vars = child_env(spec, {"RECESS_SERVICE": service, "RECESS_VERSION": version, "RECESS_ENV": env})
     started = time.monotonic()
     progress("running the build command")

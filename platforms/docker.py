@@ -308,7 +308,8 @@ class DockerPlatform:
 
     # -- building and images ---------------------------------------------------------------------
 
-    def build(self, version: str, progress: Callable[[str], None] = lambda text: None) -> Built:
+    def build(self, version: str, progress: Callable[[str], None] = lambda text: None, *,
+              may_build: bool = True) -> Built:
         """Makes IMAGE:VERSION present on the engine: skipped when it is there already (rollbacks and
         redeploys never rebuild), pulled with `pull = true`, else built from `build`. `progress`
         gets the current build step and elapsed time; raising from it stops the build. Raises
@@ -324,6 +325,12 @@ class DockerPlatform:
             progress(f"pulling {ref}")
             self._engine(["pull", ref], timeout=self.build_timeout, what=f"pull {ref}")
             how = "pulled"
+        elif self.settings.build is not None and not may_build:
+            # A rollback picks an earlier version itself: building today's context under that
+            # version's tag would run other code than the one that was live.
+            raise PlatformError(f"image {ref} is no longer on the engine (older than the newest keep_images); recess "
+                                f"does not rebuild an earlier version from today's context: build it from its own "
+                                f"commit, or set pull = true and keep it in a registry")
         elif self.settings.build is not None:
             self._run_build(version, progress)
             how = "built"

@@ -361,3 +361,12 @@ def test_recess_down_asks_for_confirmation_without_yes(tmp_path, capsys, monkeyp
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     assert main(["--config", str(path), "down", "core"]) == 2
     assert "add --yes" in capsys.readouterr().err
+
+
+def test_a_rollback_never_builds_an_earlier_version_from_todays_context(containers):
+    platform = containers()
+    with pytest.raises(PlatformError, match="does not rebuild an earlier version from today's context"):
+        platform.build("v1", may_build=False)
+    assert not platform.image_exists("v1")
+    platform.build("v1")
+    assert platform.build("v1", may_build=False).skipped  # there: nothing to build
