@@ -45,9 +45,12 @@ def wait_post(slack: FakeSlack, needle: str) -> str:
 
 
 def dump(srv) -> dict[str, list[dict]]:  # noqa: ANN001
-    """Every table a flag command may write, the Slack outbox included (announcements queue there)."""
-    tables = ("flags", "flag_overrides", "flag_changes", "audit", "outbox")
-    return {t: srv.rt.store.rows(f"SELECT * FROM {t} ORDER BY rowid") for t in tables}
+    """Every table a flag command may write, the Slack outbox included (announcements queue there:
+    which messages, not how far their delivery got, which the sender changes meanwhile)."""
+    tables = ("flags", "flag_overrides", "flag_changes", "audit")
+    out = {t: srv.rt.store.rows(f"SELECT * FROM {t} ORDER BY rowid") for t in tables}
+    out["outbox"] = srv.rt.store.rows("SELECT id, deploy_id, method, payload FROM outbox ORDER BY id")
+    return out
 
 
 def last_audit(srv, key: str) -> dict:  # noqa: ANN001
