@@ -87,11 +87,14 @@ def others_active(store: Store, service: str, env: str, deploy_id: int,
 
 
 def live(store: Store, service: str, env: str) -> dict[str, Any] | None:
-    """The deploy whose version serves now: the last one that moved traffic and still stands."""
+    """The deploy whose version serves now: the last one that moved traffic and still stands, unless
+    the service was taken down since (`recess down`, audited as service.down): then nothing is live,
+    and the next deploy is a first deploy."""
     return _typed(store.row(
-        "SELECT * FROM deploys WHERE service = ? AND env = ? AND status = 'succeeded' AND traffic_at IS NOT NULL"
+        "SELECT * FROM deploys d WHERE service = ? AND env = ? AND status = 'succeeded' AND traffic_at IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.action = 'service.down' AND a.target = ? AND a.at > d.traffic_at)"
         " ORDER BY traffic_at DESC, id DESC LIMIT 1",
-        (service, env),
+        (service, env, f"service:{service}/{env}"),
     ))
 
 

@@ -365,3 +365,18 @@ def test_recovery_before_green_started_leaves_a_version_kept_in_greens_slot_alon
     assert fake.weights == {"blue": 100, "green": 0}
     assert fake.running["green"] and fake.versions["green"] == "v0"
     assert "still holds v0 from before" in d.notify.text()
+
+
+def test_after_a_service_was_taken_down_the_next_deploy_is_a_first_deploy(make):
+    from storage import audit
+
+    d, fake, _ = make()
+    assert rows.live(d.store, "web", "production")["version"] == "v1"
+    fake.stop("blue")
+    fake.weights = {"blue": 0, "green": 0}  # what `recess down` leaves: no slot, no router
+    audit.record(d.store, actor="U0OPERATOR", command="recess down", action="service.down", target="service:web/production",
+                 at=d.clock())
+    assert rows.live(d.store, "web", "production") is None
+    result = deploy_and_approve(d, version="v1")  # the same version again: nothing is live
+    assert result["status"] == "succeeded" and result["previous_version"] is None
+    assert fake.weights[fake.serving] == 100 and fake.versions[fake.serving] == "v1"
