@@ -27,7 +27,7 @@ demo-docker: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2  # two workers: most tests wait on processes, HAProxy and health checks
 
 # The same suite on a busy machine: two CPU-bound processes run beside it (scripts/busy.sh starts
 # them, and stops them afterwards, also when the suite fails).
