@@ -147,8 +147,22 @@ class RecessServer:
         self.sender = SlackSender(self.url, SECRET, response_url=slack.response_url())
         self.http = httpx.Client(base_url=self.url, timeout=10)
 
-    def command(self, command: str, text: str = "", user: str = ENGINEER, **kw) -> httpx.Response:  # noqa: ANN003
-        return self.sender.command(command, text, user=user, **kw)
+    def command(self, command: str, text: str = "", user: str = ENGINEER, *, late: bool = True,
+                **kw) -> httpx.Response:  # noqa: ANN003
+        """Sends the command as Slack does. recess acks first: when its answer was not ready within
+        the ack budget (a busy machine), the ack says "working on it" and the answer comes through
+        the response URL; with `late` (the default) that answer is waited for and returned as the
+        response, so a test reads the answer either way. `late=False` returns the ack itself."""
+        seen = len(self.slack.responses)
+        resp = self.sender.command(command, text, user=user, **kw)
+        if not late or resp.status_code != 200 or "Working on it" not in resp.text:
+            return resp
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(self.slack.responses) > seen:
+                return httpx.Response(200, json=self.slack.responses[seen].params)
+            time.sleep(0.01)
+        raise AssertionError(f"{command} {text!r} was acked 'working on it' and no answer followed within 60 s")
 
     def click(self, action_id: str, deploy_id: int, user: str = ENGINEER, **kw) -> httpx.Response:  # noqa: ANN003
         """Clicks a button of deploy `deploy_id`'s card as Slack sends it: the value the card carries

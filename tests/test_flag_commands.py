@@ -394,7 +394,7 @@ def test_flag_changes_are_acked_at_once_while_the_store_is_locked_and_answered_a
     srv = server_factory()
     holder = LockHolder(srv.rt.store.path)  # another process holds the write lock
     try:
-        resp = srv.command("/flag", "on ai_safety_v2", user=APPROVER_1)
+        resp = srv.command("/flag", "on ai_safety_v2", user=APPROVER_1, late=False)
         assert resp.status_code == 200 and "Working on it" in reply_text(resp)
         assert evaluate(srv, "ai_safety_v2").value is False
         holder.release()

@@ -352,7 +352,7 @@ def test_window_freeze_is_acked_at_once_while_the_store_is_locked_and_answered_a
     srv = server_factory(clock=FakeClock(AFTER_SCHOOL))
     holder = LockHolder(srv.rt.store.path)  # another process holds the write lock
     try:
-        resp = srv.command("/window", "freeze now to friday 07:00 Report cards", user=APPROVER_1)
+        resp = srv.command("/window", "freeze now to friday 07:00 Report cards", user=APPROVER_1, late=False)
         assert resp.status_code == 200 and "Working on it" in reply_text(resp)
         assert freeze_count(srv) == 0
         holder.release()
