@@ -4,7 +4,6 @@ with an injectable clock, for scenario tests that speak to /slack/events like Sl
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import textwrap
 import threading
 import time
@@ -18,6 +17,7 @@ from bot.runtime import Runtime, build_runtime
 from bot.server import build_http_app
 from bot.slack_client import make_client
 from commands.config import Config, load_config
+from tests.kit.ports import free_port  # noqa: F401 (also imported from here)
 from tests.kit.signer import SlackSender
 from tests.kit.slack import FakeSlack
 
@@ -81,10 +81,6 @@ migrate = "true"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def card_value(store, deploy_id: int) -> str:  # noqa: ANN001

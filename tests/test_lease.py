@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from bot.lease import DatabaseLease, Holder, LeaseHeld
+from tests.kit.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "test-signing-secret"
@@ -46,10 +47,6 @@ respect_windows = true
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN201

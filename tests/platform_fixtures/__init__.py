@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from commands.config import Config, parse_config
+from tests.kit.ports import free_port  # noqa: F401 (also imported from here)
 
 HERE = Path(__file__).parent
 DEMO_RUN = f"{sys.executable} -m demo.app --port {{port}} --version {{version}}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def local_config(base_dir: Path, *, run: str = DEMO_RUN, migrate: str | None = None) -> Config:
