@@ -149,6 +149,23 @@ class HAProxyRouter:
             )
         return stats
 
+    def drain(self, slot: str, timeout: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Waits (up to `timeout` s, on the router's monotonic clock) until HAProxy holds no
+        session on `slot`; a router that does not answer holds none."""
+        deadline = self.monotonic() + timeout
+        while True:
+            try:
+                sessions = self.stats().get(slot, RouterStats()).current_sessions
+            except PlatformError:
+                return
+            if sessions == 0:
+                return
+            if self.monotonic() >= deadline:
+                log.warning("%s/%s: slot %s still holds %d sessions after %.0f s of drain",
+                            self.service, self.env, slot, sessions, timeout)
+                return
+            sleep(0.1)
+
     def probe_public(self, path: str, timeout: float = 2.0) -> Health:
         """One request to the public address, through the router, as a school's browser makes it."""
         host, _, port = self.listen.rpartition(":")

@@ -240,19 +240,7 @@ class LocalPlatform:
 
     def drain(self, slot: str, timeout: float) -> None:
         self._check_slot(slot)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sessions = self.router_stats().get(slot, RouterStats()).current_sessions
-            except PlatformError:
-                return  # no router, no sessions to wait for
-            if sessions == 0:
-                return
-            if time.monotonic() >= deadline:
-                log.warning("%s/%s: slot %s still holds %d sessions after %.0f s of drain",
-                            self.service, self.env, slot, sessions, timeout)
-                return
-            time.sleep(0.1)
+        self.router.drain(slot, timeout)
 
     def probe_public(self) -> Health:
         """One request for the health path at the public address, through HAProxy."""
