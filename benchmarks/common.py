@@ -17,7 +17,6 @@ import http.client
 import os
 import platform as host
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.kit.ports import free_port  # noqa: E402, F401 (the benchmarks import it from here)
 from tests.kit.signer import SlackSender  # noqa: E402
 from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
@@ -109,12 +109,6 @@ def spread(values: Sequence[float], digits: int = 1, unit: float = 1000.0, suffi
         return "no samples"
     return (f"median {statistics.median(values) * unit:.{digits}f}{suffix} "
             f"(min {min(values) * unit:.{digits}f}, max {max(values) * unit:.{digits}f}, n {len(values)})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- recess serve as a subprocess -----------------------------------------------------------------
