@@ -179,4 +179,12 @@ MIGRATIONS: list[list[str]] = [
             lane = CASE WHEN deploy_id IS NULL THEN 'general' ELSE 'deploy:' || deploy_id END""",
         "CREATE INDEX outbox_lanes ON outbox(lane, id) WHERE sent_at IS NULL",
     ],
+    # 6: where a deploy's change came from, for CI requests and lead-time numbers: the git `sha`,
+    #    `committed_at` (ISO 8601 UTC) and `requested_by` (free text a CI job names, e.g. the GitHub
+    #    actor, beside `requester`, the Slack user or API token that asked).
+    [
+        "ALTER TABLE deploys ADD COLUMN sha TEXT",
+        "ALTER TABLE deploys ADD COLUMN committed_at TEXT",
+        "ALTER TABLE deploys ADD COLUMN requested_by TEXT",
+    ],
 ]
