@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import anyio
 import anyio.to_thread
-from slack_bolt import App, BoltRequest
+from slack_bolt import App, BoltContext, BoltRequest
 from slack_bolt.adapter.starlette.handler import to_starlette_response
+from slack_bolt.request.internals import build_context
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -98,6 +99,10 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock:
             return admitted
         try:
             bolt_request = BoltRequest(body=admitted.text, query=dict(request.query_params), headers=dict(request.headers))
+            # Bolt re-parses the text with a rule that mistakes a command mentioning "payload" for
+            # a click; give it the edge's reading of the same bytes (the signature is on raw_body).
+            bolt_request.body = admitted.payload
+            bolt_request.context = build_context(BoltContext({}), admitted.payload)
         except Exception as exc:  # a shape the checks above did not foresee: still the sender's fault
             return refused(edge.Refusal(400, f"malformed Slack request: {type(exc).__name__}: {exc}"), request)
         bolt_response = await run_in_threadpool(bolt.dispatch, bolt_request)

@@ -456,3 +456,16 @@ def test_replays_are_refused_while_another_process_holds_the_database(srv):
         other.execute("ROLLBACK")
         other.close()
     until(lambda: srv.rt.store.row("SELECT 1 AS x FROM seen_signatures WHERE signature = ?", (signature,)))
+
+
+def test_a_command_whose_text_mentions_payload_is_read_as_the_command_it_is(srv):
+    answer = srv.command("/deploy", "web payload-v2")
+    assert answer.status_code == 200
+    assert deploy_count(srv, "payload-v2") == 1
+
+
+def test_a_click_form_is_still_read_from_its_payload_field(srv):
+    assert srv.command("/deploy", "web v2").status_code == 200
+    deploy_id = until(lambda: srv.rt.store.row("SELECT id FROM deploys WHERE version = 'v2'"))["id"]
+    assert srv.click("deploy_approve", deploy_id, APPROVER_1).status_code == 200
+    until(lambda: rows.approvers(srv.rt.store, deploy_id) == [APPROVER_1])
