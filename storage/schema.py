@@ -202,5 +202,6 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE UNIQUE INDEX outbox_webhook_once ON outbox(lane, json_extract(payload, '$.event'), deploy_id)"
         " WHERE method = 'webhook' AND deploy_id IS NOT NULL",
+        "CREATE INDEX outbox_webhook_deploy ON outbox(deploy_id) WHERE method = 'webhook'",
     ],
 ]
