@@ -137,8 +137,10 @@ def follow(client: Client, d: dict[str, Any], *, timeout: float, interval: float
         for i, step in enumerate(d["steps"]):
             if seen_steps.get(i) != step["status"]:
                 seen_steps[i] = step["status"]
-                detail = f": {step['detail'].splitlines()[0][:160]}" if step.get("detail") else ""
-                print(f"  {step['name']}: {step['status']}{detail}", file=out, flush=True)
+                detail = step["detail"].splitlines()[0][:160] if step.get("detail") else ""
+                if detail.startswith(f"{step['status']}:"):
+                    detail = detail[len(step["status"]) + 1:].strip()
+                print(f"  {step['name']}: {step['status']}" + (f": {detail}" if detail else ""), file=out, flush=True)
         if d["status"] == "succeeded":
             print(f"{d['service']} {d['version']} is live in {d['env']}"
                   + (f" ({d['card_url']})" if d.get("card_url") else ""), file=out, flush=True)
