@@ -203,5 +203,8 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX outbox_webhook_once ON outbox(lane, json_extract(payload, '$.event'), deploy_id)"
         " WHERE method = 'webhook' AND deploy_id IS NOT NULL",
         "CREATE INDEX outbox_webhook_deploy ON outbox(deploy_id) WHERE method = 'webhook'",
+        # The live deploy of a service (storage.deploys.live), read by every API answer: without
+        # it, SQLite sorts all of the service's deploys (3 ms at 200 deploys; 0.4 ms with it).
+        "CREATE INDEX deploys_live ON deploys(service, env, status, traffic_at)",
     ],
 ]
