@@ -225,6 +225,20 @@ def test_the_openapi_document_describes_every_route_and_the_answers(api_server):
     assert set(doc["components"]["schemas"]["DeployRequest"]["properties"]) == {
         "service", "version", "env", "sha", "committed_at", "requested_by", "reason"}
 
+    def refs(node):  # noqa: ANN001, ANN202
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if "$ref" in node else [])
+            for v in node.values():
+                yield from refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    names = {f"#/components/schemas/{n}" for n in doc["components"]["schemas"]}
+    assert set(refs(doc)) <= names  # every reference resolves inside the document
+    window = srv.http.get("/api/v1/window").json()
+    assert set(window) == set(doc["components"]["schemas"]["Window"]["properties"])
+
 
 BAD = [
     ({}, {"service": "web", "version": "v2"}, 401, "missing Authorization"),
