@@ -220,6 +220,8 @@ def routes(rt: Runtime) -> list[Route]:
             raise ApiError(401, "expected Authorization: Bearer TOKEN")
         token = rt.policy.token_for(presented.strip())
         if token is None:
+            if not rt.cfg.api.tokens:
+                raise ApiError(401, "unknown API token: this recess has no [[api.tokens]] (see `recess api token`)")
             raise ApiError(401, "unknown API token")
         if scope not in token.scopes:
             raise ApiError(403, f"the token {token.name!r} has no {scope!r} scope (it has: {', '.join(token.scopes)})")

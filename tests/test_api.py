@@ -297,3 +297,10 @@ def test_bad_rollback_input_is_refused(api_server):
     assert nothing.status_code == 409 and "no previous good version" in nothing.json()["error"]
     typed = srv.http.post("/api/v1/services/web/rollback", headers=auth(), json={"env": 3})
     assert typed.status_code == 400 and "env: expected a string" in typed.json()["error"]
+
+
+def test_a_recess_without_tokens_says_so(server_factory):
+    srv = server_factory(FAKE_SERVICE)
+    resp = srv.http.post("/api/v1/deploys", headers=auth(), json={"service": "web", "version": "v2"})
+    assert resp.status_code == 401 and "no [[api.tokens]]" in resp.json()["error"]
+    assert srv.rt.store.execute("SELECT count(*) FROM deploys").fetchone()[0] == 0
