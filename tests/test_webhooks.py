@@ -169,3 +169,24 @@ def test_serve_warns_when_a_webhook_secret_is_not_set(monkeypatch, tmp_path):
     cfg = parse_config({"webhooks": [{"url": "https://ci.example/hook", "events": ["deploy.failed"],
                                       "secret_env": "RECESS_MISSING_SECRET"}]}, base_dir=tmp_path)
     assert any("RECESS_MISSING_SECRET is not set" in w for w in preflight(cfg))
+
+
+def test_deliveries_waiting_at_a_restart_are_sent_after_it_in_order(api_server, receiver):
+    hooks = f"""
+[[webhooks]]
+url = "{receiver.url}"
+events = ["deploy.requested", "deploy.approved", "deploy.started", "deploy.succeeded"]
+secret_env = "RECESS_TEST_WEBHOOK_SECRET"
+"""
+    srv = api_server(hooks)
+    receiver.fail_next = [503] * 1000  # down for the whole first life of recess
+    d = staging_deploy(srv)
+    wait_status(srv, d["id"], "succeeded")
+    receiver.wait_for(lambda r: len(r.attempts) >= 1)
+    srv.stop()
+    assert receiver.events() == []
+    receiver.fail_next = []
+    again = api_server(hooks, live=None)  # the same database
+    receiver.wait_for(lambda r: r.events(d["id"]) == ["deploy.requested", "deploy.approved", "deploy.started",
+                                                       "deploy.succeeded"], timeout=60)
+    assert again.rt.store.execute("SELECT count(*) FROM outbox WHERE method = 'webhook'").fetchone()[0] == 4
