@@ -7,14 +7,19 @@ answer, a restart of either side) answers the same deploy and never makes a seco
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from storage import deploys as rows
 from storage.db import Store, iso, utcnow
 
+KEEP_KEYS = dt.timedelta(days=30)  # a retry comes within minutes; a month covers any re-run of a CI job
+
 
 def remember_key(store: Store, *, token: str, key: str, body_sha256: str, deploy_id: int) -> None:
-    """Raises sqlite3.IntegrityError when another request stored the key first."""
+    """Raises sqlite3.IntegrityError when another request stored the key first. Keys older than
+    KEEP_KEYS are forgotten on the way (the table stays the size of a month of CI requests)."""
+    store.execute("DELETE FROM api_idempotency WHERE created_at < ?", (iso(utcnow() - KEEP_KEYS),))
     store.execute(
         "INSERT INTO api_idempotency (token, key, body_sha256, deploy_id, created_at) VALUES (?, ?, ?, ?, ?)",
         (token, key, body_sha256, deploy_id, iso(utcnow())),
@@ -22,7 +27,8 @@ def remember_key(store: Store, *, token: str, key: str, body_sha256: str, deploy
 
 
 def recall_key(store: Store, *, token: str, key: str) -> dict[str, Any] | None:
-    return store.row("SELECT * FROM api_idempotency WHERE token = ? AND key = ?", (token, key))
+    return store.row("SELECT * FROM api_idempotency WHERE token = ? AND key = ? AND created_at >= ?",
+                     (token, key, iso(utcnow() - KEEP_KEYS)))
 
 
 def listing(store: Store, *, service: str | None, env: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:

@@ -304,3 +304,14 @@ def test_a_recess_without_tokens_says_so(server_factory):
     resp = srv.http.post("/api/v1/deploys", headers=auth(), json={"service": "web", "version": "v2"})
     assert resp.status_code == 401 and "no [[api.tokens]]" in resp.json()["error"]
     assert srv.rt.store.execute("SELECT count(*) FROM deploys").fetchone()[0] == 0
+
+
+def test_an_idempotency_key_is_forgotten_after_30_days(api_server):
+    srv = api_server()
+    key = {**auth(), "Idempotency-Key": "run-from-last-term"}
+    first = srv.http.post("/api/v1/deploys", headers=key, json={"service": "web", "version": "v2"}).json()
+    srv.http.post(f"/api/v1/deploys/{first['id']}/cancel", headers=auth())
+    srv.rt.store.execute("UPDATE api_idempotency SET created_at = '2026-01-01T00:00:00+00:00'")
+    again = srv.http.post("/api/v1/deploys", headers=key, json={"service": "web", "version": "v2"})
+    assert again.status_code == 202 and again.json()["id"] != first["id"]
+    assert srv.rt.store.execute("SELECT count(*) FROM api_idempotency").fetchone()[0] == 1
