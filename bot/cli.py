@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from commands.config import Config, ConfigError, load_config
+from commands.config import Config, ConfigError, format_duration, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -74,9 +74,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_window_check(args: argparse.Namespace) -> int:
+    from bot import ci
     from commands.freezes import check_instant, current_calendar
     from storage.db import Store
 
+    if args.server or (os.environ.get("RECESS_URL") and not (args.config or os.environ.get("RECESS_CONFIG"))):
+        return ci.window_check(args)  # ask the running recess, which knows the freezes added in Slack
     cfg = _config(args)
     if args.at:
         try:
@@ -94,16 +97,26 @@ def cmd_window_check(args: argparse.Namespace) -> int:
             return 2
     else:
         at = dt.datetime.now(dt.UTC)
+    try:
+        needs = ci.duration(args.needs, "--for") if args.needs else None
+    except ci.Usage as exc:
+        print(f"recess window check: {exc}", file=sys.stderr)
+        return 2
     verdict = current_calendar(cfg, Store(cfg.database_path)).verdict(at.astimezone(dt.UTC))
+    phrase = verdict.until_phrase()
+    short = bool(verdict.safe and needs and verdict.ends and (verdict.ends.at - verdict.at).total_seconds() < needs)
     if args.format == "json":
         print(json.dumps(verdict.to_json()))
     elif verdict.safe:
-        print(f"safe at {verdict.at.isoformat(timespec='seconds')}")
+        print(f"safe at {verdict.at.isoformat(timespec='seconds')}" + (f", {phrase}" if phrase else ""))
+        if short:
+            print(f"refused: the window closes in {format_duration(verdict.ends.at - verdict.at)}, "
+                  f"less than the {args.needs} asked for with --for")
     else:
         print(f"blocked at {verdict.at.isoformat(timespec='seconds')}: {verdict.reason}")
         nxt = verdict.next_safe_at.isoformat(timespec="seconds") if verdict.next_safe_at else "none within 400 days"
-        print(f"next safe window: {nxt}")
-    return 0 if verdict.safe else 1
+        print(f"next safe window: {nxt}" + (f" ({phrase})" if phrase else ""))
+    return 0 if verdict.safe and not short else 1
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -188,6 +201,57 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from bot import ci
+
+    return ci.deploy(args)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from bot import ci
+
+    return ci.rollback(args)
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    """Prints a new random token and the `[[api.tokens]]` entry to paste (its SHA-256 only)."""
+    import hashlib
+    import secrets
+
+    from commands.config import API_SCOPES, TOKEN_NAME
+
+    if not TOKEN_NAME.fullmatch(args.name):
+        print(f"recess api token: NAME: expected a-z, 0-9, '.', '_' or '-' (like github-actions), got {args.name!r}",
+              file=sys.stderr)
+        return 2
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    wrong = [s for s in scopes if s not in API_SCOPES]
+    if wrong or not scopes or len(set(scopes)) != len(scopes):
+        print(f"recess api token: --scopes: expected a comma-separated subset of {', '.join(API_SCOPES)}, "
+              f"got {args.scopes!r}", file=sys.stderr)
+        return 2
+    token = "recess_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    print(f"token (shown once; store it as a CI secret, e.g. RECESS_TOKEN): {token}")
+    print("paste into recess.toml:")
+    print()
+    print("[[api.tokens]]")
+    print(f'name = "{args.name}"')
+    print(f'token_sha256 = "{digest}"')
+    print(f"scopes = [{', '.join(json.dumps(s) for s in scopes)}]")
+    return 0
+
+
+def _client_args(p: argparse.ArgumentParser, *, wait: bool = True) -> None:
+    p.add_argument("--server", help="recess's URL (default: $RECESS_URL)")
+    p.add_argument("--token-env", default="RECESS_TOKEN", metavar="VAR",
+                   help="the environment variable holding the API token (default: RECESS_TOKEN)")
+    if wait:
+        p.add_argument("--wait", action="store_true", help="follow the deploy and exit 0 live, 1 failed, 3 timed out")
+        p.add_argument("--timeout", default="45m", help="how long --wait waits (default 45m)")
+        p.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+
+
 def cmd_migrations_lint(argv: Sequence[str]) -> int:
     from commands.migrations import lint_cli
 
@@ -211,7 +275,39 @@ def parser() -> argparse.ArgumentParser:
     check = wsub.add_parser("check", help="exit 0 when deploying is safe, 1 when blocked")
     check.add_argument("--at", help="ISO 8601 instant with offset (default: now)")
     check.add_argument("--format", choices=("text", "json"), default="text")
+    check.add_argument("--for", dest="needs", metavar="DURATION",
+                       help="also exit 1 when the safe window closes sooner than this (like 45m)")
+    _client_args(check, wait=False)
     check.set_defaults(run=cmd_window_check)
+
+    dep = sub.add_parser("deploy", help="request a deploy through the REST API (for CI); --wait follows it")
+    dep.add_argument("service")
+    dep.add_argument("version")
+    dep.add_argument("--env", help="environment (default: the service's first)")
+    dep.add_argument("--sha", default=os.environ.get("GITHUB_SHA"), help="git commit (default: $GITHUB_SHA)")
+    dep.add_argument("--committed-at", help="the commit's time, ISO 8601 with offset (git log -1 --format=%%cI)")
+    dep.add_argument("--requested-by", default=os.environ.get("GITHUB_ACTOR"),
+                     help="who the job acts for (default: $GITHUB_ACTOR)")
+    dep.add_argument("--reason", help="said in the deploy's thread")
+    dep.add_argument("--idempotency-key", help="default: from $GITHUB_RUN_ID and attempt, else random")
+    _client_args(dep)
+    dep.set_defaults(run=cmd_deploy)
+
+    rb = sub.add_parser("rollback", help="roll a service back through the REST API (for CI); --wait follows it")
+    rb.add_argument("service")
+    rb.add_argument("--env", help="environment (default: the service's first)")
+    rb.add_argument("--reason", help="recorded in the audit log")
+    rb.add_argument("--requested-by", default=os.environ.get("GITHUB_ACTOR"),
+                    help="who the job acts for (default: $GITHUB_ACTOR)")
+    _client_args(rb)
+    rb.set_defaults(run=cmd_rollback)
+
+    api = sub.add_parser("api", help="the REST API")
+    asub = api.add_subparsers(dest="api_command", required=True)
+    tok = asub.add_parser("token", help="print a new token and the [[api.tokens]] entry to paste")
+    tok.add_argument("name", help="shown as the requester, like github-actions")
+    tok.add_argument("--scopes", default="deploy,rollback,read", help="comma-separated (default: deploy,rollback,read)")
+    tok.set_defaults(run=cmd_api_token)
 
     config = sub.add_parser("config", help="configuration")
     csub = config.add_subparsers(dest="config_command", required=True)

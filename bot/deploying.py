@@ -24,9 +24,20 @@ class OutboxNotifier:
 
     def post_card(self, deploy_id: int) -> None:
         self.rt.outbox.post_card(deploy_id, self.rt.cfg.bot.channel)
+        self._events(deploy_id)
 
     def update_card(self, deploy_id: int) -> None:
         self.rt.outbox.update_card(deploy_id)
+        self._events(deploy_id)
+
+    def _events(self, deploy_id: int) -> None:
+        """Every change the card is told of may be a webhook event (bot/webhooks.py); derived
+        from the stored deploy, so telling twice queues nothing twice."""
+        if self.rt.webhooks is not None and self.rt.cfg.webhooks:
+            try:
+                self.rt.webhooks.observe(deploy_id)
+            except Exception:  # an event not queued is caught up by the next notice; never fail a deploy
+                log.exception("deploy %s: could not queue its webhook events", deploy_id)
 
     def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
         blocks = None
@@ -37,6 +48,7 @@ class OutboxNotifier:
             d = rows.get(self.rt.store, deploy_id)
             blocks = thread_rollback_blocks(text, d) if d else None
         self.rt.outbox.post(self.rt.cfg.bot.channel, text, blocks, deploy_id=deploy_id, thread=True, broadcast=broadcast)
+        self._events(deploy_id)
 
     def thread_line(self, deploy_id: int, key: str, text: str) -> None:
         """A thread reply that later calls with the same `key` edit in place (the build's progress).

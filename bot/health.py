@@ -103,14 +103,14 @@ def _stuck_deploys(store: Store, cfg: Config, now: dt.datetime) -> list[str]:
 def _stale_outbox(store: Store, now: dt.datetime) -> list[str]:
     oldest = store.row(
         "SELECT id, deploy_id, created_at, attempts, error FROM outbox"
-        " WHERE sent_at IS NULL ORDER BY created_at, id LIMIT 1"
+        " WHERE sent_at IS NULL AND lane NOT LIKE 'webhook:%' ORDER BY created_at, id LIMIT 1"
     )
     if oldest is None:
         return []
     waited = now - parse_iso(oldest["created_at"])
     if waited <= OUTBOX_STALE:
         return []
-    unsent = store.row("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")["n"]
+    unsent = store.row("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL AND lane NOT LIKE 'webhook:%'")["n"]
     about = f" (deploy #{oldest['deploy_id']})" if oldest["deploy_id"] is not None else ""
     tried = f" after {oldest['attempts']} attempt(s), last error: {oldest['error']}" if oldest["error"] else ""
     return [f"{unsent} Slack message(s) unsent; the oldest, #{oldest['id']}{about}, has waited {_minutes(waited)}, "

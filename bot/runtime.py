@@ -22,6 +22,7 @@ from bot.health import HealthReport
 from bot.health import check as health_check
 from bot.outbox import Outbox
 from bot.slack_client import make_client
+from bot.webhooks import Webhooks
 from commands.config import Config
 from commands.policy import Policy
 from storage.db import Store
@@ -47,6 +48,7 @@ class Runtime:
     scheduler: BackgroundScheduler
     signing_secret: str
     extras: dict[str, Any] = field(default_factory=dict)
+    webhooks: Webhooks | None = None  # signed deploy and flag events out (bot/webhooks.py)
     # Answers to people run on executors of their own, never behind pipelines and bakes (`worker`):
     # slash commands and card clicks on `answers`, rollback clicks on `rollbacks`.
     answers: ThreadPoolExecutor = field(
@@ -71,6 +73,8 @@ class Runtime:
 
     def start(self) -> None:
         self.outbox.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if not self.scheduler.running:
             self.scheduler.start()
             log.info("scheduler started: queued deploys, retirements and the watchdogs run from now on")
@@ -81,6 +85,8 @@ class Runtime:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.outbox.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         for pool in (self.worker, self.answers, self.rollbacks):
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -124,6 +130,14 @@ def build_runtime(
     )
     from bot.deploying import attach_deployer
 
+    def describe(deploy_id: int) -> dict[str, Any] | None:
+        from bot.api import deploy_json
+        from storage import deploys as rows
+
+        d = rows.get(store, deploy_id)
+        return deploy_json(rt, d) if d else None
+
+    rt.webhooks = Webhooks(store, cfg.webhooks, describe)
     attach_deployer(rt)
     return rt
 

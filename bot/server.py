@@ -1,4 +1,4 @@
-"""The HTTP face of recess: Slack events, health, the window API, and OFREP, on one port.
+"""The HTTP face of recess: Slack events, health, the window API, OFREP and the REST API, on one port.
 
 Bolt's sync dispatch runs in Starlette's thread pool, so a listener never blocks the event loop
 (and with it every other route). Before Bolt sees a Slack request, bot/edge.py bounds its body
@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot import edge, ofrep
+from bot import api, edge, ofrep
 from bot.runtime import Runtime
 from bot.slack_client import make_client
 from commands import freezes
@@ -138,6 +138,7 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock:
         Route("/api/v1/window", window, methods=["GET"]),
     ]
     routes += ofrep.routes(rt)
+    routes += api.routes(rt)  # the REST API for CI (bot/api.py)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(404, f"no route {request.method} {request.url.path}")

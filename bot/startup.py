@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from commands.config import Config, ConfigError
@@ -45,4 +46,8 @@ def preflight(cfg: Config) -> list[str]:
             if env.respect_windows:
                 warnings.append(f"{cfg.source}: environments.{name} respects school windows, but [access] deployers "
                                 f"is empty, so anyone in the workspace can request deploys to it")
+    for i, hook in enumerate(cfg.webhooks):
+        if not os.environ.get(hook.secret_env):
+            warnings.append(f"{cfg.source}: webhooks[{i}].secret_env: {hook.secret_env} is not set, so deliveries to "
+                            f"{hook.url} cannot be signed and are dropped (each with an error line in the log)")
     return warnings

@@ -457,6 +457,89 @@ class Service(Strict):
         return self
 
 
+API_SCOPES = ("deploy", "rollback", "read")
+WEBHOOK_EVENTS = ("deploy.requested", "deploy.approved", "deploy.started", "deploy.succeeded", "deploy.failed",
+                  "deploy.rolled_back", "flag.changed")
+TOKEN_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class ApiToken(Strict):
+    """One `[[api.tokens]]` entry: who a REST API caller is (`name`) and what it may do."""
+
+    name: str
+    token_sha256: str
+    scopes: list[Literal["deploy", "rollback", "read"]]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TOKEN_NAME.fullmatch(v):
+            raise ValueError(f"expected a name of a-z, 0-9, '.', '_' or '-' (like 'github-actions'), got {v!r}")
+        return v
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("expected the token's SHA-256 as 64 lowercase hex digits (`recess api token NAME` "
+                             "prints the line to paste), never the token itself")
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"expected at least one of {', '.join(API_SCOPES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expected each scope once, got {v!r}")
+        return v
+
+
+class ApiSection(Strict):
+    tokens: list[ApiToken] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApiSection:
+        names = [t.name for t in self.tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tokens: expected unique names, got {', '.join(dupes)} twice")
+        digests = [t.token_sha256 for t in self.tokens]
+        if len(set(digests)) != len(digests):
+            raise ValueError("tokens: expected each token_sha256 once (two entries share a token)")
+        return self
+
+
+class Webhook(Strict):
+    """One `[[webhooks]]` entry: where signed deploy and flag events are POSTed."""
+
+    url: str
+    events: list[Literal["deploy.requested", "deploy.approved", "deploy.started", "deploy.succeeded",
+                         "deploy.failed", "deploy.rolled_back", "flag.changed"]]
+    secret_env: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", v):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"expected at least one of {', '.join(WEBHOOK_EVENTS)}")
+        return v
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, v: str) -> str:
+        if not VARIABLE_NAME.fullmatch(v):
+            raise ValueError(f"expected the name of the environment variable holding the secret, got {v!r}")
+        return v
+
+
 class Config(Strict):
     bot: BotSection = BotSection()
     access: AccessSection = AccessSection()
@@ -466,6 +549,8 @@ class Config(Strict):
     environments: dict[str, Environment] = {"production": Environment()}
     flags: FlagsSection = FlagsSection()
     services: dict[str, Service] = {}
+    api: ApiSection = ApiSection()
+    webhooks: list[Webhook] = []
 
     # Set by load_config: the folder relative paths are resolved against, and the file's name.
     base_dir: Path = Path(".")

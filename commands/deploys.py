@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from commands.config import Config, format_duration
 from commands.freezes import current_calendar
 from commands.policy import Policy
-from commands.states import ATTENTION, TERMINAL, TRANSITIONS, log_event, move
+from commands.states import ATTENTION, TERMINAL, TRANSITIONS, log_event, move, requester_text
 from commands.traffic import TrafficDoor
 from platforms.base import Platform, format_weights
 from storage import audit
@@ -37,11 +37,21 @@ log = logging.getLogger("recess.deploys")
 # watches it.
 ROUTED_PLATFORMS = ("local", "docker")
 
-__all__ = ["ATTENTION", "TERMINAL", "TRANSITIONS", "DeployError", "Deployer", "HeldError", "Notifier", "move"]
+__all__ = ["ATTENTION", "TERMINAL", "TRANSITIONS", "ConflictError", "DeployError", "Deployer", "HeldError", "Notifier",
+           "UnknownTarget", "move", "requester_text"]
 
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 class DeployError(ValueError):
     """A refused request or click; the message is shown to the user (ephemeral) and nothing changed."""
+
+
+class UnknownTarget(DeployError):
+    """The request names a service, environment or version recess does not know (HTTP 400)."""
+
+
+class ConflictError(DeployError):
+    """The request is well formed but clashes with what is stored: the version is live or already
+    requested (HTTP 409)."""
 
 
 class HeldError(DeployError):
@@ -109,20 +119,20 @@ class Deployer:
         """The service and environment a command names (ENV defaults to the first one it deploys to)."""
         if service not in self.cfg.services:
             known = ", ".join(sorted(self.cfg.services)) or "none configured"
-            raise DeployError(f"unknown service `{service}` (known: {known})")
+            raise UnknownTarget(f"unknown service `{service}` (known: {known})")
         envs = self.cfg.service_environments(service)
         env = env or (self.cfg.default_environment if self.cfg.default_environment in envs else envs[0])
         if env not in self.cfg.environments:
-            raise DeployError(f"`{service}` is not deployed to `{env}`: unknown environment `{env}` "
+            raise UnknownTarget(f"`{service}` is not deployed to `{env}`: unknown environment `{env}` "
                               f"(known: {', '.join(self.cfg.environments)})")
         if env not in envs:
-            raise DeployError(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
+            raise UnknownTarget(f"`{service}` is not deployed to `{env}` (it deploys to {', '.join(envs)})")
         return service, env
 
     def parse_request(self, service: str, version: str, env: str | None) -> tuple[str, str, str]:
         service, env = self.target(service, env)
         if not VERSION.fullmatch(version):
-            raise DeployError(f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
+            raise UnknownTarget(f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
         return service, version, env
 
     def request(
@@ -136,7 +146,14 @@ class Deployer:
         canary: list[int] | None = None,
         contract: bool = False,
         command: str = "/deploy",
+        sha: str | None = None,
+        committed_at: dt.datetime | None = None,
+        requested_by: str | None = None,
+        on_record: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
+        """Stores a deploy request and posts its card. `sha`, `committed_at` and `requested_by`
+        say where the change came from (a CI job names them); `on_record(deploy_id)` runs inside
+        the request's transaction (the REST API stores its idempotency key there)."""
         service, version, env = self.parse_request(service, version, env)
         decision = self.policy.can_deploy(actor)
         if not decision:
@@ -159,12 +176,12 @@ class Deployer:
                                      target=f"deploy:{open_['id']}", before={"status": "pending"}, after={"status": "cancelled"})
                         self.notify.update_card(open_["id"])
                     elif open_["version"] == version:
-                        raise DeployError(f"{version} of {service} in {env} is already requested as deploy #{open_['id']} "
+                        raise ConflictError(f"{version} of {service} in {env} is already requested as deploy #{open_['id']} "
                                           f"({open_['status']}); see its card")
                 live = rows.live(self.store, service, env)
                 current = live["version"] if live else None
                 if current == version:
-                    raise DeployError(f"{version} is already live on {service} in {env}")
+                    raise ConflictError(f"{version} is already live on {service} in {env}")
                 if lint is not None:
                     lint["contract_allowed"] = bool(contract and (live is None or live["blue_retired"]))
                 needed = env_cfg.approvals
@@ -189,13 +206,19 @@ class Deployer:
                     channel=self.cfg.bot.channel,
                     created_at=now,
                     click_token=new_click_token(),
+                    sha=sha,
+                    committed_at=committed_at.astimezone(dt.UTC).isoformat() if committed_at else None,
+                    requested_by=requested_by,
                 )
                 audit.record(
                     self.store, actor=actor, command=command, action="deploy.request", target=f"deploy:{deploy_id}",
                     after={"service": service, "env": env, "version": version, "previous": current,
-                           "now_reason": now_reason, "canary": canary, "approvals_needed": needed},
+                           "now_reason": now_reason, "canary": canary, "approvals_needed": needed,
+                           **({"sha": sha, "requested_by": requested_by} if sha or requested_by else {})},
                     at=now,
                 )
+                if on_record is not None:
+                    on_record(deploy_id)
             return deploy_id, needed
 
         with self._lock:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from commands.config import format_duration
-from commands.states import ATTENTION, crash_point, log_event, move
+from commands.states import ATTENTION, crash_point, log_event, move, requester_text
 from commands.traffic import NeedsAttention, TrafficRefused
 from platforms.base import (
     Health,
@@ -85,7 +85,7 @@ def end_attention(d: Deployer, row: dict[str, Any], saw: str, *, who: str = "") 
     d.persist(lambda: audit.record(d.store, actor="recess", command="pipeline", action="deploy.needs_attention",
                                    target=f"deploy:{row['id']}", after={"saw": saw}))
     d.notify.update_card(row["id"])
-    mention = f"<@{row['requester']}> " if row.get("requester") else ""
+    mention = f"{requester_text(row)} " if row.get("requester") else ""
     d.notify.thread(row["id"], f":rotating_light: {mention}{who}deploy #{row['id']} of {row['service']} {row['version']} "
                                f"*needs attention*: {saw}. recess left the traffic as it is. {what_to_do(row)}",
                     broadcast=True)
@@ -509,7 +509,7 @@ class Pipeline:
                                             target=f"deploy:{self.id}", before={"version": r["version"]},
                                             after={"version": r["blue_version"], "reason": reason}))
         self.d.notify.update_card(self.id)
-        self.say(f":rotating_light: <@{r['requester']}> *automatic rollback* of {r['service']} {r['version']}: "
+        self.say(f":rotating_light: {requester_text(r)} *automatic rollback* of {r['service']} {r['version']}: "
                  f"{reason}. {restored.text.capitalize()}.", broadcast=True)
 
     def abort(self, blue: str | None, green: str, exc: StepFailed) -> None:
@@ -546,11 +546,11 @@ class Pipeline:
                                             target=f"deploy:{self.id}", after={"reason": str(exc), "restored": restored}))
         self.d.notify.update_card(self.id)
         out = f"\n```{redact(tail(exc.output, 1200), secrets_of(self.svc))}```" if exc.output.strip() else ""
-        self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} of {self.row['version']} failed: {exc}. "
+        self.say(f":red_circle: {requester_text(self.row)} deploy #{self.id} of {self.row['version']} failed: {exc}. "
                  f"{restored[:1].upper() + restored[1:]}.{out}", broadcast=True)
 
     def _fail_before_start(self, message: str, output: str = "") -> None:
         if not move(self.store, self.id, "running", "failed", finished_at=self.d.clock(), outcome=message[:500]):
             return
         self.d.notify.update_card(self.id)
-        self.say(f":red_circle: <@{self.row['requester']}> deploy #{self.id} failed before it started: {message}", broadcast=True)
+        self.say(f":red_circle: {requester_text(self.row)} deploy #{self.id} failed before it started: {message}", broadcast=True)

@@ -1,5 +1,9 @@
 """Who may do what: the one place recess decides deployers, approvers, flag admins and rollbacks.
 
+REST API callers are actors too: `api:NAME` for the `[[api.tokens]]` entry NAME. A token may do
+what its scopes say (request deploys, roll back) and nothing a person does: it never approves,
+rejects or freezes, and it cancels only the deploys it requested itself.
+
 Lists hold Slack user IDs (U.../W...) and user-group IDs (S...). Groups are resolved through an
 injected `members_of(group_id)` (the bot passes Slack's usergroups.users.list), cached, and a
 group that cannot be resolved grants nothing: errors fail closed.
@@ -7,12 +11,24 @@ group that cannot be resolved grants nothing: errors fail closed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from commands.config import Config
+from commands.config import ApiToken, Config
+
+TOKEN_ACTOR = "api:"  # the actor prefix of a REST API token, e.g. `api:github-actions`
+
+
+def token_actor(name: str) -> str:
+    return f"{TOKEN_ACTOR}{name}"
+
+
+def is_token_actor(actor: str | None) -> bool:
+    return bool(actor) and actor.startswith(TOKEN_ACTOR)
 
 MembersOf = Callable[[str], Iterable[str]]
 
@@ -68,15 +84,43 @@ class Policy:
                 return True
         return False
 
+    # -- API tokens -----------------------------------------------------------------------------
+
+    def token_for(self, presented: str) -> ApiToken | None:
+        """The `[[api.tokens]]` entry whose token_sha256 is this token's digest; None if none is.
+        Every entry is compared in constant time, so timing says nothing about which one is close."""
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
+        found = None
+        for entry in self.cfg.api.tokens:
+            if hmac.compare_digest(entry.token_sha256, digest):
+                found = entry
+        return found
+
+    def token_named(self, actor: str) -> ApiToken | None:
+        if not is_token_actor(actor):
+            return None
+        name = actor[len(TOKEN_ACTOR):]
+        return next((t for t in self.cfg.api.tokens if t.name == name), None)
+
+    def token_may(self, actor: str, scope: str) -> bool:
+        token = self.token_named(actor)
+        return token is not None and scope in token.scopes
+
     # -- decisions ----------------------------------------------------------------------------
 
     def can_deploy(self, user: str) -> Decision:
+        if is_token_actor(user):
+            if self.token_may(user, "deploy"):
+                return Decision(True)
+            return Decision(False, "this API token has no `deploy` scope")
         ids = self.cfg.access.deployers
         if not ids or self.in_list(user, ids) or self.is_approver(user):
             return Decision(True)
         return Decision(False, "you are not in [access] deployers, so you cannot request deploys")
 
     def is_approver(self, user: str) -> bool:
+        if is_token_actor(user):
+            return False  # a token never approves: approvals come from people in Slack
         return self.in_list(user, self.cfg.access.approvers)
 
     def can_approve(self, user: str, requester: str) -> Decision:
@@ -111,6 +155,10 @@ class Policy:
         return Decision(False, "only flag admins ([access] flag_admins, or approvers when empty) can change flags")
 
     def can_rollback(self, user: str, env: str) -> Decision:
+        if is_token_actor(user):
+            if self.token_may(user, "rollback"):
+                return Decision(True)
+            return Decision(False, "this API token has no `rollback` scope")
         who = self.cfg.environments[env].rollback_by
         if self.is_approver(user):
             return Decision(True)

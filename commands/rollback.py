@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from commands.deploys import DeployError, HeldError, new_click_token
-from commands.states import crash_point, move
+from commands.states import crash_point, move, requester_text
 from commands.traffic import TrafficRefused
 from platforms.base import PlatformError, other_slot
 from storage import audit
@@ -54,7 +54,7 @@ def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platfo
         extra = (" An approver can press Stop on its card, which returns traffic to blue." if held["status"] == "running"
                  else " Its thread says what recess saw and what to do.")
         raise HeldError(f"{service} in {env} is held by deploy #{held['id']} ({held['version']}, "
-                        f"{held['status'].replace('_', ' ')}) requested by <@{held['requester']}>.{extra}", held)
+                        f"{held['status'].replace('_', ' ')}) requested by {requester_text(held)}.{extra}", held)
     else:
         live = rows.live(d.store, service, env)
     if live is None or not live["previous_version"]:
@@ -72,8 +72,11 @@ def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platfo
     return RollbackPlan(live, live["version"], live["previous_version"], blue_alive, slot, live["blue_retire_at"])
 
 
-def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None, card_ts: str | None = None) -> dict[str, Any]:
-    """Acts on a "Roll back" click for the deploy `live_id`. Returns the rollback row."""
+def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None, card_ts: str | None = None,
+             requested_by: str | None = None, reason: str | None = None,
+             command: str = "/rollback") -> dict[str, Any]:
+    """Acts on a "Roll back" click (or a REST API call) for the deploy `live_id`. Returns the
+    rollback row. `requested_by` and `reason` are what a CI job says about it."""
     clicked_at = clicked_at or time.monotonic()
     live = rows.get(d.store, live_id)
     if live is None:
@@ -100,11 +103,12 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             channel=live["channel"], card_ts=live["card_ts"], started_at=d.clock(), approvals_needed=0,
             click_token=live["click_token"] or new_click_token(),
             blue_slot=serving if p.blue_alive else None, green_slot=p.blue_slot if p.blue_alive else None,
-            blue_version=p.current if p.blue_alive else None,
+            blue_version=p.current if p.blue_alive else None, requested_by=requested_by,
         )
         d.running_here.add(rb_id)  # this click (or the pipeline it starts) drives it: the watchdog leaves it alone
-        audit.record(d.store, actor=actor, command="/rollback", action="rollback.start", target=f"deploy:{live_id}",
-                     before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive})
+        audit.record(d.store, actor=actor, command=command, action="rollback.start", target=f"deploy:{live_id}",
+                     before={"version": p.current}, after={"version": p.target, "fast": p.blue_alive,
+                                                           **({"reason": reason} if reason else {})})
     if p.blue_alive:
         try:
             fast_flip(d, rb_id, live, p, clicked_at)
@@ -116,7 +120,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             if rows.get(d.store, rb_id)["status"] != "running":  # else handed to the pipeline, which holds it
                 d.running_here.discard(rb_id)
     else:
-        d.notify.thread(live_id, f":leftwards_arrow_with_hook: <@{actor}> is rolling back to {p.target}; blue was retired, "
+        d.notify.thread(live_id, f":leftwards_arrow_with_hook: {requester_text({'requester': actor, 'requested_by': requested_by})} is rolling back to {p.target}; blue was retired, "
                                  f"so {p.target} is redeployed through the pipeline.", broadcast=True)
         d.run_async(lambda: d.run_pipeline(rb_id))
     return rows.get(d.store, rb_id)
@@ -153,7 +157,7 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     env = d.cfg.environments[live["env"]]
     outcome = f"traffic back on {p.target} in {flip * 1000:.1f} ms, {since_click:.2f} s after the click"
     with d.store.transaction():
-        move(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by <@{rows.get(d.store, rb_id)['requester']}>",
+        move(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by {requester_text(rows.get(d.store, rb_id))}",
                         finished_at=live["finished_at"] or now)
         move(d.store, rb_id, "running", "succeeded", finished_at=now, traffic_at=now, outcome=outcome,
                         blue_slot=green, green_slot=blue, blue_version=p.current, blue_retire_at=now + env.keep_blue)

@@ -48,6 +48,16 @@ def move(store: Store, deploy_id: int, from_: str | tuple[str, ...], to: str, *,
     return moved
 
 
+def requester_text(row: dict[str, Any]) -> str:
+    """Who asked for a deploy, as Slack shows it: a mention for a person, the token's name for
+    the REST API (with whom the CI job named, `requested_by`)."""
+    requester = row.get("requester") or ""
+    by = row.get("requested_by")
+    if requester.startswith("api:"):
+        return f"API token `{requester[4:]}`" + (f" for {by}" if by else "")
+    return f"<@{requester}>" + (f" (for {by})" if by else "")
+
+
 def log_event(event: str, row: dict[str, Any], *, actor: str | None = None, **extra: Any) -> None:
     """One line per deploy event (requested, approved, queued, running, each step, the end), in
     key=value form: `deploy=12 event=approved service=web env=production version=v2 actor=U0APPROVER1`."""

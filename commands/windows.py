@@ -125,16 +125,41 @@ class Verdict:
     blocked_by: tuple[Block, ...]
     next_safe_at: dt.datetime | None
     reason: str
+    # When the safe stretch that starts at `next_safe_at` (`at` itself when safe) ends, and what
+    # ends it; None when nothing blocks within SAFE_UNTIL_HORIZON of its start.
+    ends: Ending | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The window-API contract's JSON (docs: ARCHITECTURE.md, "Contract: window API")."""
+        """The window-API contract's JSON (docs: ARCHITECTURE.md, "Contract: window API"), with
+        `safe_until` and `until_reason` (issue 13)."""
         return {
             "at": _iso(self.at),
             "safe": self.safe,
             "reason": self.reason,
             "next_safe_at": None if self.next_safe_at is None else _iso(self.next_safe_at),
+            "safe_until": None if self.ends is None else _iso(self.ends.at),
+            "until_reason": None if self.ends is None else self.ends.reason,
             "blocked_by": [b.to_json() for b in self.blocked_by],
         }
+
+    def until_phrase(self) -> str | None:
+        """'safe until 06:00 JST, when sakura-intl starts school' (in the tenant's own zone)."""
+        if self.ends is None:
+            return None
+        tz = self.ends.timezone or "UTC"
+        return f"safe until {format_local(self.ends.at, tz, reference=self.next_safe_at or self.at)}, when {self.ends.reason}"
+
+
+SAFE_UNTIL_HORIZON = dt.timedelta(days=14)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What ends a safe stretch: a school's day starting, or a freeze."""
+
+    at: dt.datetime
+    reason: str  # "sakura-intl starts school", "freeze #3 starts: State testing week"
+    timezone: str | None = None
 
 
 # -- time zones and wall-clock intervals -------------------------------------------------------
@@ -415,8 +440,33 @@ class Calendar:
         t = _utc(at)
         blocks = tuple(self.blocks_at(t))
         if not blocks:
-            return Verdict(t, True, (), t, "safe: no school is in session and no freeze applies")
-        return Verdict(t, False, blocks, self.next_safe_window(t), _reason(t, blocks))
+            return Verdict(t, True, (), t, "safe: no school is in session and no freeze applies", self.safe_until(t))
+        nxt = self.next_safe_window(t)
+        return Verdict(t, False, blocks, nxt, _reason(t, blocks), None if nxt is None else self.safe_until(nxt))
+
+    def safe_until(self, at: dt.datetime) -> Ending | None:
+        """When the safe stretch that holds at `at` ends: the first school day to start or the first
+        freeze to begin after it, within SAFE_UNTIL_HORIZON; None if nothing does (or `at` is blocked)."""
+        t = _utc(at)
+        if not self.is_safe(t):
+            return None
+        limit = t + SAFE_UNTIL_HORIZON
+        best: Ending | None = None
+        for tenant, sch in zip(self.tenants, self._tenant_schedules, strict=True):
+            first = sch.zone.local_ordinal(t) - 1
+            for ordinal in range(first, first + SAFE_UNTIL_HORIZON.days + 3):
+                start = next((s for s, _ in sch.day_intervals(ordinal) if s > t), None)
+                if start is not None:
+                    if start <= limit and (best is None or start < best.at):
+                        best = Ending(start, f"{tenant.id} starts school", tenant.timezone)
+                    break
+        for f in self.freezes:
+            if f.start > t:
+                if f.start <= limit and (best is None or f.start < best.at):
+                    name = "freeze" if f.id is None else f"freeze #{f.id}"
+                    best = Ending(f.start, f"{name} starts: {f.reason}")
+                break
+        return best
 
     def _blocked_until(self, t: dt.datetime) -> dt.datetime | None:
         latest = None

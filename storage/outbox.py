@@ -16,6 +16,9 @@ from typing import Any
 from storage.db import Store, dumps, iso, parse_iso
 
 GENERAL = "general"  # the lane of messages that belong to no deploy
+# Webhook deliveries (bot/webhooks.py) are outbox rows too, in lanes of their own that start with
+# this prefix; a sender of their own takes them, so a slow receiver never holds up Slack.
+WEBHOOK_LANES = "webhook:"
 
 
 def lane_of(deploy_id: int | None) -> str:
@@ -31,24 +34,47 @@ def enqueue(store: Store, *, method: str, payload: dict[str, Any], deploy_id: in
     return cur.lastrowid
 
 
-def _heads() -> str:
-    return ("SELECT o.* FROM outbox o JOIN (SELECT min(id) AS id FROM outbox WHERE sent_at IS NULL GROUP BY lane) h"
-            " ON h.id = o.id")
+def enqueue_once(store: Store, *, method: str, payload: dict[str, Any], deploy_id: int | None, lane: str,
+                 at: dt.datetime) -> bool:
+    """Like enqueue, unless the outbox_webhook_once index says this (lane, event, deploy) is queued
+    already; True when this call queued it."""
+    cur = store.execute(
+        "INSERT OR IGNORE INTO outbox (deploy_id, method, payload, created_at, lane) VALUES (?, ?, ?, ?, ?)",
+        (deploy_id, method, dumps(payload), iso(at), lane),
+    )
+    return cur.rowcount == 1
 
 
-def next_due(store: Store, now: dt.datetime) -> dict[str, Any] | None:
+def webhook_events(store: Store, deploy_id: int) -> set[tuple[str, str]]:
+    """(lane, event) of every webhook delivery queued for the deploy so far."""
+    return {(r["lane"], r["event"]) for r in store.rows(
+        "SELECT lane, json_extract(payload, '$.event') AS event FROM outbox WHERE method = 'webhook' AND deploy_id = ?",
+        (deploy_id,))}
+
+
+def _family(family: str) -> str:
+    """The lanes one sender takes: Slack's (`slack`) or the webhooks' (`webhook`)."""
+    return "lane LIKE 'webhook:%'" if family == "webhook" else "lane NOT LIKE 'webhook:%'"
+
+
+def _heads(family: str = "slack") -> str:
+    return ("SELECT o.* FROM outbox o JOIN (SELECT min(id) AS id FROM outbox WHERE sent_at IS NULL AND "
+            f"{_family(family)} GROUP BY lane) h ON h.id = o.id")
+
+
+def next_due(store: Store, now: dt.datetime, family: str = "slack") -> dict[str, Any] | None:
     """The oldest row that heads its lane and whose retry time has come."""
-    return store.row(f"{_heads()} WHERE o.next_at IS NULL OR o.next_at <= ? ORDER BY o.id LIMIT 1", (iso(now),))
+    return store.row(f"{_heads(family)} WHERE o.next_at IS NULL OR o.next_at <= ? ORDER BY o.id LIMIT 1", (iso(now),))
 
 
-def next_retry_at(store: Store) -> dt.datetime | None:
+def next_retry_at(store: Store, family: str = "slack") -> dt.datetime | None:
     """When the earliest lane head waiting out a backoff may be tried again."""
-    found = store.row(f"SELECT min(next_at) AS at FROM ({_heads()} WHERE o.next_at IS NOT NULL)")
+    found = store.row(f"SELECT min(next_at) AS at FROM ({_heads(family)} WHERE o.next_at IS NOT NULL)")
     return parse_iso(found["at"]) if found else None
 
 
-def unsent(store: Store) -> int:
-    return store.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+def unsent(store: Store, family: str = "slack") -> int:
+    return store.execute(f"SELECT count(*) FROM outbox WHERE sent_at IS NULL AND {_family(family)}").fetchone()[0]
 
 
 def get(store: Store, row_id: int) -> dict[str, Any] | None:

@@ -187,4 +187,24 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE deploys ADD COLUMN committed_at TEXT",
         "ALTER TABLE deploys ADD COLUMN requested_by TEXT",
     ],
+    # (issue 13) the REST API's idempotency keys and the webhook lanes of the outbox. A key is
+    #    per token; it remembers a digest of the body it came with and the deploy it answered.
+    #    Webhook deliveries are outbox rows (method 'webhook', lane 'webhook:...'); each event of a
+    #    deploy is queued once per receiver, whoever notices it first.
+    [
+        """CREATE TABLE api_idempotency (
+            token TEXT NOT NULL,
+            key TEXT NOT NULL,
+            body_sha256 TEXT NOT NULL,
+            deploy_id INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (token, key)
+        )""",
+        "CREATE UNIQUE INDEX outbox_webhook_once ON outbox(lane, json_extract(payload, '$.event'), deploy_id)"
+        " WHERE method = 'webhook' AND deploy_id IS NOT NULL",
+        "CREATE INDEX outbox_webhook_deploy ON outbox(deploy_id) WHERE method = 'webhook'",
+        # The live deploy of a service (storage.deploys.live), read by every API answer: without
+        # it, SQLite sorts all of the service's deploys (3 ms at 200 deploys; 0.4 ms with it).
+        "CREATE INDEX deploys_live ON deploys(service, env, status, traffic_at)",
+    ],
 ]

@@ -143,7 +143,7 @@ def test_a_malformed_signed_body_gets_400(server_factory):
 def test_window_api_matches_the_contract(server_factory):
     srv = server_factory(clock=FakeClock(IN_SCHOOL))
     body = srv.http.get("/api/v1/window", params={"at": "2027-03-16T09:30:00-04:00"}).json()
-    assert set(body) == {"at", "safe", "reason", "next_safe_at", "blocked_by"}
+    assert set(body) == {"at", "safe", "reason", "next_safe_at", "safe_until", "until_reason", "blocked_by"}
     assert body["at"] == "2027-03-16T13:30:00+00:00"
     assert body["safe"] is False
     assert body["next_safe_at"] == "2027-03-16T22:00:00+00:00"  # 15:00 in Los Angeles

@@ -79,11 +79,14 @@ def test_window_api_answer_matches_the_contract_example():
         "safe": False,
         "reason": "school hours: lincoln-high (America/New_York) until 15:00",
         "next_safe_at": "2027-03-16T19:00:00+00:00",
+        # issue 13: when the safe stretch from next_safe_at ends, and why (the next morning's bell)
+        "safe_until": "2027-03-17T12:00:00+00:00",
+        "until_reason": "lincoln-high starts school",
         "blocked_by": [
             {"tenant": "lincoln-high", "kind": "school_hours", "until": "2027-03-16T19:00:00+00:00"}
         ],
     }
-    assert list(verdict.to_json()) == ["at", "safe", "reason", "next_safe_at", "blocked_by"]
+    assert list(verdict.to_json()) == ["at", "safe", "reason", "next_safe_at", "safe_until", "until_reason", "blocked_by"]
 
 
 def test_safe_verdict_says_next_safe_is_now():

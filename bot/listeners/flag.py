@@ -175,7 +175,21 @@ def change(rt: Runtime, book: FlagBook, user: str, cmd: FlagCommand, command: st
         return views.scheduled_reply(scheduled, user_timezone(rt, user), now)
     applied = book.apply(wanted, actor=user, policy=rt.policy, cfg=rt.cfg, command=command, now=now, note=cmd.note)
     rt.outbox.post(channel, *views.change_announcement(applied))
+    announce_flag_change(rt, applied)
     return views.change_reply(applied, channel)
+
+
+def announce_flag_change(rt: Runtime, applied: Any) -> None:
+    """The `flag.changed` webhook event (bot/webhooks.py), for receivers that asked for it."""
+    if rt.webhooks is None or not rt.cfg.webhooks:
+        return
+    c = applied.change
+    try:
+        rt.webhooks.flag_changed({"key": c.key, "action": c.action, "scope": {"tenant": c.scope.tenant, "role": c.scope.role},
+                                  "pct": c.pct, "actor": applied.actor, "before": applied.before, "after": applied.after,
+                                  "note": applied.note, "scheduled_id": applied.scheduled_id})
+    except Exception:  # the change is applied and announced in Slack; a lost event is only logged
+        log.exception("flag %s: could not queue its flag.changed webhook", c.key)
 
 
 def cancel(rt: Runtime, book: FlagBook, user: str, cmd: FlagCommand, command: str) -> dict[str, Any]:
@@ -226,6 +240,8 @@ def run_change(rt: Runtime, change_id: int) -> None:
         message = views.outcome_announcement(outcome)
         if message is not None:
             rt.outbox.post(rt.cfg.bot.channel, *message)
+        if outcome.kind == "applied" and outcome.applied is not None:
+            announce_flag_change(rt, outcome.applied)
     except Exception:
         log.exception("scheduled flag change #%s failed to run", change_id)
 

@@ -22,6 +22,7 @@ from bot.views.common import (
 from bot.views.window import until_phrase
 from commands.config import format_duration
 from commands.freezes import current_calendar
+from commands.states import requester_text
 from commands.windows import format_local
 from storage import deploys as rows
 
@@ -158,7 +159,7 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
     if d["status"] == "succeeded" and d["kind"] == "rollback":
         status_text = "rolled back"
     lines = [f"{icon} *{status_text.capitalize()}*" + (f": {d['outcome']}" if d["outcome"] else "")]
-    lines.append(f"Requested by <@{d['requester']}>")
+    lines.append(f"Requested by {requester_text(d)}" + (f", commit `{d['sha'][:12]}`" if d.get("sha") else ""))
     approvers = rows.approvers(rt.store, deploy_id)
     if d["approvals_needed"] or approvers:
         who = ", ".join(f"<@{u}>" for u in approvers) or "none yet"
@@ -220,7 +221,7 @@ def history_reply(deploys: list[dict[str, Any]], service: str | None) -> dict[st
         when = d["created_at"].strftime("%Y-%m-%d %H:%M UTC")
         kind = "rollback to " if d["kind"] == "rollback" else ""
         lines.append(f"{STATUS_ICON.get(d['status'], '')} #{d['id']} {d['service']} {kind}*{d['version']}* ({d['env']}) "
-                     f"by <@{d['requester']}>, {when}{took}: {d['status'].replace('_', ' ')}")
+                     f"by {requester_text(d)}, {when}{took}: {d['status'].replace('_', ' ')}")
     return {"response_type": "ephemeral", "text": "Deploy history",
             "blocks": render([section(f"*Last deploys{' of ' + service if service else ''}*"), section("\n".join(lines))])}
 

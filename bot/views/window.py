@@ -55,13 +55,18 @@ def next_window_line(verdict: Verdict, user_tz: str, now: dt.datetime) -> str:
         if b.timezone and b.timezone not in seen:
             seen.add(b.timezone)
             zones.append(f"{format_local(nxt, b.timezone, now)} {b.tenant}")
-    return f"Next safe window: *{' / '.join(zones)}*, {until_phrase(now, nxt)}"
+    line = f"Next safe window: *{' / '.join(zones)}*, {until_phrase(now, nxt)}"
+    phrase = verdict.until_phrase()
+    return line + (f"; {escape_mrkdwn(phrase)}" if phrase else "")
 
 
 def verdict_reply(verdict: Verdict, user_tz: str, now: dt.datetime, *, asked_at: str | None = None) -> dict:
     when = f"at {format_local(verdict.at, user_tz, now)}" if asked_at else "now"
     if verdict.safe:
         text = f":large_green_circle: Safe to deploy {when}: no school is in session and no freeze applies."
+        phrase = verdict.until_phrase()
+        if phrase:
+            text += f" It stays {escape_mrkdwn(phrase)}."
         return ephemeral(text)
     lines = [f":red_circle: Deploys are blocked {when}."]
     for b in verdict.blocked_by[:20]:
