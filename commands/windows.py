@@ -434,6 +434,114 @@ class Calendar:
         return latest
 
 
+# -- how long the safe stretch lasts, and the week ahead ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SafeStretch:
+    """A safe stretch that started before `at` ends at `until`, when `block` begins (a school's
+    day, or a freeze). `until` None: nothing blocks within the horizon looked at."""
+
+    until: dt.datetime | None
+    block: Block | None
+
+    def describe(self, tz: str, reference: dt.datetime) -> str:
+        """'safe until 06:00 EST, when sakura-intl starts' in the viewer's timezone."""
+        if self.until is None or self.block is None:
+            return "safe, and nothing blocks deploys in the next 14 days"
+        when = format_local(self.until, tz, reference=reference)
+        if self.block.kind == "freeze":
+            return f"safe until {when}, when the freeze \u201c{self.block.reason}\u201d starts"
+        return f"safe until {when}, when {self.block.tenant} starts its school day"
+
+
+def safe_until(calendar: Calendar, at: dt.datetime, *, horizon: dt.timedelta = dt.timedelta(days=14)) -> SafeStretch | None:
+    """When the safe stretch around `at` ends, and what ends it; None when `at` itself is blocked.
+
+    The end is the earliest start, after `at`, of a school's hours or of a freeze: the first
+    instant Calendar.is_safe says False again.
+    """
+    t = _utc(at)
+    if not calendar.is_safe(t):
+        return None
+    limit = t + horizon
+    best: tuple[dt.datetime, Block] | None = None
+    for tenant, sch in zip(calendar.tenants, calendar._tenant_schedules, strict=True):
+        ordinal = sch.zone.local_ordinal(t)
+        found = None
+        while found is None and dt.date.fromordinal(ordinal) <= limit.date() + _DAY:
+            for start, end in sch.day_intervals(ordinal):
+                if start > t:
+                    found = (start, end)
+                    break
+            ordinal += 1
+        if found is not None and found[0] <= limit and (best is None or found[0] < best[0]):
+            best = (found[0], Block("school_hours", sch.stretch_end(found[0], sch.zone.local_ordinal(found[0])) or found[1],
+                                    tenant=tenant.id, timezone=tenant.timezone))
+    for f in calendar.freezes:
+        if f.start > t and f.start <= limit and (best is None or f.start < best[0]):
+            best = (f.start, Block("freeze", f.end, id=f.id, reason=f.reason))
+            break
+    if best is None:
+        return SafeStretch(None, None)
+    return SafeStretch(best[0], best[1])
+
+
+@dataclass(frozen=True)
+class Span:
+    """One stretch on a tenant's timeline: 'school_hours', 'holiday', 'freeze' or 'safe'."""
+
+    kind: str
+    start: dt.datetime
+    end: dt.datetime
+    label: str = ""
+
+
+def timeline(calendar: Calendar, start: dt.datetime, end: dt.datetime) -> dict[str, list[Span]]:
+    """Per tenant (config order), what [start, end) looks like: school hours, holidays (whole
+    local days without school that would have had some), freezes, and the safe stretches between
+    (safe for everyone, as Calendar.is_safe means it: every tenant's row shows the same safe spans)."""
+    s, e = _utc(start), _utc(end)
+    out: dict[str, list[Span]] = {}
+    for tenant, sch in zip(calendar.tenants, calendar._tenant_schedules, strict=True):
+        spans: list[Span] = []
+        first, last = sch.zone.local_ordinal(s), sch.zone.local_ordinal(e)
+        for ordinal in range(first, last + 1):
+            day = dt.date.fromordinal(ordinal)
+            if day in sch.holidays and any(day.weekday() in r[0] for r in sch.rules):
+                midnight = dt.datetime(day.year, day.month, day.day, tzinfo=sch.zone.tz)
+                a, b = _utc(midnight), _utc(midnight + _DAY)
+                if a < e and b > s:
+                    spans.append(Span("holiday", max(a, s), min(b, e), f"{day:%a %b %d}: no school"))
+                continue
+            for a, b in sch.day_intervals(ordinal):
+                if a < e and b > s:
+                    spans.append(Span("school_hours", max(a, s), min(b, e), "school hours"))
+        for f in calendar.freezes:
+            if f.start < e and f.end > s:
+                spans.append(Span("freeze", max(f.start, s), min(f.end, e), f.reason))
+        out[tenant.id] = sorted(spans, key=lambda x: (x.start, x.kind))
+    safe: list[Span] = []
+    t = s
+    while t < e:
+        until = calendar._blocked_until(t)
+        if until is not None:
+            t = until
+            continue
+        stretch = safe_until(calendar, t, horizon=e - t + _SECOND)
+        stop = e if stretch is None or stretch.until is None else min(stretch.until, e)
+        if stop <= t:
+            break
+        safe.append(Span("safe", t, stop, "safe to deploy"))
+        t = stop
+    for spans in out.values():
+        spans.extend(safe)
+        spans.sort(key=lambda x: (x.start, x.kind))
+    if not out:
+        out[""] = safe
+    return out
+
+
 def _reason(at: dt.datetime, blocks: Sequence[Block]) -> str:
     schools = [b for b in blocks if b.kind == "school_hours"]
     parts = []

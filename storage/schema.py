@@ -187,4 +187,25 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE deploys ADD COLUMN committed_at TEXT",
         "ALTER TABLE deploys ADD COLUMN requested_by TEXT",
     ],
+    # (dashboard) one-time sign-in links and browser sessions of the web dashboard. Only SHA-256
+    #    digests of the secrets are stored, so a copy of the database signs nobody in. A link is
+    #    spent by one conditional update (`used_at IS NULL`); a session carries its CSRF token.
+    [
+        """CREATE TABLE dashboard_links (
+            token_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )""",
+        """CREATE TABLE dashboard_sessions (
+            id_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at)",
+        "CREATE INDEX deploys_traffic ON deploys(env, traffic_at)",
+    ],
 ]
