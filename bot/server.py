@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot import edge, ofrep
+from bot import dashboard, edge, metrics, ofrep
 from bot.runtime import Runtime
 from bot.slack_client import make_client
 from commands import freezes
@@ -132,7 +132,9 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/window", window, methods=["GET"]),
     ]
+    routes += metrics.routes(rt)  # before ofrep: OFREP answers are counted into it
     routes += ofrep.routes(rt)
+    routes += dashboard.routes(rt)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(404, f"no route {request.method} {request.url.path}")

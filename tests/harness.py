@@ -127,6 +127,7 @@ class RecessServer:
         self.rt: Runtime = build_runtime(
             cfg, client=make_client("xoxb-test", slack.api_url), clock=self.clock, signing_secret=SECRET
         )
+        self.rt.extras["serve_url"] = self.url  # as `recess serve` sets it (dashboard sign-in links)
         if platform_factory is not None:
             self.rt.extras["platform_factory"] = platform_factory
         self.rt.start()
