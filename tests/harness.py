@@ -166,6 +166,26 @@ class RecessServer:
         (the deploy's id and its click token)."""
         return self.sender.action(action_id, card_value(self.rt.store, deploy_id), user=user, **kw)
 
+    def dashboard_link(self, user: str = ENGINEER) -> str:
+        """The one-time sign-in link `/deploy dashboard` answers `user` with, as Slack shows it."""
+        import re
+
+        resp = self.command("/deploy", "dashboard", user=user)
+        found = re.search(r"<(https?://[^|>]+)\|", resp.json().get("text", ""))
+        if not found:
+            raise AssertionError(f"/deploy dashboard answered no link: {resp.text[:300]}")
+        return found.group(1)
+
+    def dashboard_client(self, user: str = ENGINEER) -> httpx.Client:
+        """An HTTP client signed in to the web dashboard as `user`, through the link's form."""
+        link = self.dashboard_link(user)
+        client = httpx.Client(base_url=self.url, timeout=10)
+        token = link.split("token=", 1)[1]
+        resp = client.post("/dashboard/signin", data={"token": token})
+        if resp.status_code != 303:
+            raise AssertionError(f"signing in answered {resp.status_code}: {resp.text[:300]}")
+        return client
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
