@@ -5,8 +5,9 @@ loses no count): deploys by outcome, deploy and step durations, rollback times, 
 window, the outbox, and the DORA four keys. Two are counted in this process, since nothing stores
 them: OFREP answers by status and router flip times. docs/dashboard.md lists every metric.
 
-Step durations are summed incrementally: a finished step never changes, so each scrape reads only
-the steps finished since the last one (below the oldest unfinished step, everything is counted).
+Step and deploy durations are summed incrementally: a finished row never changes, so each scrape
+reads only the rows finished since the last one (below the oldest unfinished row, everything is
+counted).
 """
 
 from __future__ import annotations
@@ -73,15 +74,52 @@ def _seconds(start: str | None, end: str | None) -> float | None:
     return max((b - a).total_seconds(), 0.0)
 
 
+class _Finished:
+    """Histograms over rows that never change once finished (steps, deploys), summed
+    incrementally: each scrape reads only rows finished since the last one. Below the oldest
+    unfinished row everything is counted; counted ids above it are remembered."""
+
+    def __init__(self, table: str, label_sql: str, start_sql: str, where: str, bounds: tuple[float, ...]) -> None:
+        self.table, self.label_sql, self.start_sql, self.where, self.bounds = table, label_sql, start_sql, where, bounds
+        self.buckets: dict[tuple[str, ...], _Buckets] = {}
+        self.below = 0
+        self.counted: set[int] = set()
+        self.lock = threading.Lock()
+
+    def update(self, store: Any) -> dict[tuple[str, ...], _Buckets]:
+        with self.lock:
+            found = store.execute(
+                f"SELECT id, {self.label_sql}, {self.start_sql}, finished_at FROM {self.table}"
+                f" WHERE id > ? AND finished_at IS NOT NULL AND {self.where}", (self.below,)).fetchall()
+            for row in found:
+                if row[0] in self.counted:
+                    continue
+                self.counted.add(row[0])
+                seconds = _seconds(row[-2], row[-1])
+                if seconds is None:
+                    continue
+                labels = tuple(row[1:-2])
+                b = self.buckets.get(labels)
+                if b is None:
+                    b = self.buckets[labels] = _Buckets(self.bounds)
+                b.add(seconds)
+            oldest_open = store.execute(f"SELECT min(id) FROM {self.table} WHERE id > ? AND finished_at IS NULL",
+                                        (self.below,)).fetchone()[0]
+            below = (oldest_open - 1) if oldest_open is not None else max(self.counted, default=self.below)
+            if below > self.below:
+                self.below = below
+                self.counted = {i for i in self.counted if i > below}
+            return dict(self.buckets)
+
+
 class StoreCollector:
     """What the store says, collected at each scrape."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._lock = threading.Lock()
-        self._steps: dict[str, _Buckets] = {}
-        self._steps_below = 0  # every finished step with an id at or below this is counted
-        self._steps_counted: set[int] = set()  # counted steps above it
+        self._steps = _Finished("steps", "name", "started_at", "1", STEP_BUCKETS)
+        self._deploys = _Finished("deploys", "service, env", "started_at", "kind = 'deploy' AND started_at IS NOT NULL",
+                                  DEPLOY_BUCKETS)
         self._dora: tuple[Any, list[Metric]] | None = None
 
     def describe(self) -> list[Metric]:
@@ -97,19 +135,16 @@ class StoreCollector:
             deploys.add_metric([r["service"], r["env"], r["status"]], r["n"])
         yield deploys
 
-        durations: dict[tuple[str, str], _Buckets] = {}
-        for r in store.rows("SELECT service, env, started_at, finished_at FROM deploys WHERE kind = 'deploy'"
-                            " AND started_at IS NOT NULL AND finished_at IS NOT NULL"):
-            seconds = _seconds(r["started_at"], r["finished_at"])
-            if seconds is not None:
-                durations.setdefault((r["service"], r["env"]), _Buckets(DEPLOY_BUCKETS)).add(seconds)
         family = HistogramMetricFamily("recess_deploy_duration_seconds", "Deploy run time, start to end",
                                        labels=["service", "env"])
-        for (service, env), b in sorted(durations.items()):
-            family.add_metric([service, env], b.family_buckets(), b.sum)
+        for labels, b in sorted(self._deploys.update(store).items()):
+            family.add_metric(list(labels), b.family_buckets(), b.sum)
         yield family
 
-        yield self._step_family()
+        family = HistogramMetricFamily("recess_deploy_step_duration_seconds", "Pipeline step durations", labels=["step"])
+        for labels, b in sorted(self._steps.update(store).items()):
+            family.add_metric(list(labels), b.family_buckets(), b.sum)
+        yield family
 
         rollback = _Buckets(ROLLBACK_BUCKETS)
         for r in store.rows("SELECT created_at, traffic_at FROM deploys WHERE kind = 'rollback' AND traffic_at IS NOT NULL"):
@@ -138,32 +173,6 @@ class StoreCollector:
                                 value=1 if safe else 0)
         yield GaugeMetricFamily("recess_outbox_pending", "Slack messages not yet sent", value=counts["outbox"])
         yield from self._dora_families(now)
-
-    def _step_family(self) -> Metric:
-        store = self.rt.store
-        with self._lock:
-            found = store.rows("SELECT id, name, started_at, finished_at FROM steps WHERE id > ? AND finished_at IS NOT NULL",
-                               (self._steps_below,))
-            for r in found:
-                if r["id"] in self._steps_counted:
-                    continue
-                seconds = _seconds(r["started_at"], r["finished_at"])
-                if seconds is None:
-                    continue
-                self._steps.setdefault(r["name"], _Buckets(STEP_BUCKETS)).add(seconds)
-                self._steps_counted.add(r["id"])
-            oldest_open = store.row("SELECT min(id) AS id FROM steps WHERE id > ? AND finished_at IS NULL",
-                                    (self._steps_below,))["id"]
-            highest = max(self._steps_counted, default=self._steps_below)
-            below = (oldest_open - 1) if oldest_open is not None else highest
-            if below > self._steps_below:
-                self._steps_below = below
-                self._steps_counted = {i for i in self._steps_counted if i > below}
-            family = HistogramMetricFamily("recess_deploy_step_duration_seconds", "Pipeline step durations",
-                                           labels=["step"])
-            for name, b in sorted(self._steps.items()):
-                family.add_metric([name], b.family_buckets(), b.sum)
-            return family
 
     def _dora_families(self, now: Any) -> list[Metric]:
         """The four keys per service (and 'all') over 30 and 90 days, recomputed when the store

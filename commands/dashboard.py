@@ -250,22 +250,23 @@ def dora(cfg: Config, store: Store, *, now: dt.datetime, days: int, service: str
             if restored is not None:
                 restore_s.append((r, max((restored - r["traffic_at"]).total_seconds(), 0.0)))
     weeks = sorted({_week(since + dt.timedelta(days=i)) for i in range(days + 1)})
+    week_of = {r["id"]: _week(r["traffic_at"]) for r in changes}
 
     def weekly(items: list[tuple[dict[str, Any], float]], how: str) -> list[tuple[dt.date, float | None]]:
-        out = []
-        for w in weeks:
-            values = [v for r, v in items if _week(r["traffic_at"]) == w]
-            if how == "count":
-                out.append((w, float(len(values))))
-            else:
-                out.append((w, statistics.median(values) if values else None))
-        return out
+        by_week: dict[dt.date, list[float]] = {}
+        for r, v in items:
+            by_week.setdefault(week_of[r["id"]], []).append(v)
+        if how == "count":
+            return [(w, float(len(by_week.get(w, ())))) for w in weeks]
+        return [(w, statistics.median(by_week[w]) if w in by_week else None) for w in weeks]
 
-    failure_weekly = []
-    for w in weeks:
-        moved = [r for r in changes if _week(r["traffic_at"]) == w]
-        bad = [r for r in failed if _week(r["traffic_at"]) == w]
-        failure_weekly.append((w, len(bad) / len(moved) if moved else None))
+    moved_per_week: dict[dt.date, int] = {}
+    for r in changes:
+        moved_per_week[week_of[r["id"]]] = moved_per_week.get(week_of[r["id"]], 0) + 1
+    bad_per_week: dict[dt.date, int] = {}
+    for r in failed:
+        bad_per_week[week_of[r["id"]]] = bad_per_week.get(week_of[r["id"]], 0) + 1
+    failure_weekly = [(w, bad_per_week.get(w, 0) / moved_per_week[w] if moved_per_week.get(w) else None) for w in weeks]
     return Dora(
         service=service, env=env, days=days, since=since,
         frequency=Key(len(went_live) / (days / 7), [r["id"] for r in went_live], weekly([(r, 1.0) for r in went_live], "count")),

@@ -206,6 +206,14 @@ MIGRATIONS: list[list[str]] = [
             expires_at TEXT NOT NULL
         )""",
         "CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at)",
+        # the DORA numbers read deploys by environment and switch time; the live version of each
+        # service is its latest succeeded switch
         "CREATE INDEX deploys_traffic ON deploys(env, traffic_at)",
+        "CREATE INDEX deploys_live ON deploys(service, env, status, traffic_at)",
+        # what changed since the last look (App Home's refresh), and the rows GET /metrics has yet
+        # to count (the ones not finished)
+        "CREATE INDEX deploys_updated ON deploys(updated_at)",
+        "CREATE INDEX deploys_open ON deploys(id) WHERE finished_at IS NULL",
+        "CREATE INDEX steps_open ON steps(id) WHERE finished_at IS NULL",
     ],
 ]

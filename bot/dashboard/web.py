@@ -321,8 +321,10 @@ def routes(rt: Runtime) -> list[Route]:
         try:
             days = _whole(q.get("days", "30"), "days")
             service = q.get("service") or None
-            numbers = dash.dora(cfg, rt.store, now=rt.now(), days=days, service=service)
-            per_service = [] if service else [d for d in dash.dora_all(cfg, rt.store, now=rt.now(), days=days)[1:]]
+            if service:
+                numbers, per_service = dash.dora(cfg, rt.store, now=rt.now(), days=days, service=service), []
+            else:
+                numbers, *per_service = dash.dora_all(cfg, rt.store, now=rt.now(), days=days)
         except dash.DashboardError as exc:
             return problem(400, "Not a filter recess knows", str(exc), viewer)
         charts = {k: _bars(numbers.key(k).weekly) for k in dash.DORA_KEYS}
