@@ -151,3 +151,14 @@ def test_dora_refuses_periods_and_services_it_does_not_know(history):
         dash.dora(cfg, store, now=now, days=7)
     with pytest.raises(dash.DashboardError, match="'db'"):
         dash.dora(cfg, store, now=now, days=30, service="db")
+
+
+def test_the_grafana_dashboard_uses_only_metrics_recess_exposes():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-recess.json").read_text())
+    used = {re.sub(r"_(bucket|total|count|sum)$", "", m) for p in dashboard["panels"] for t in p["targets"]
+            for m in re.findall(r"recess_[a-z_]+", t["expr"])}
+    assert used and used <= set(NAMES), used - set(NAMES)

@@ -78,26 +78,29 @@ class Viewer:
 # -- formatting helpers for templates ------------------------------------------------------------
 
 
-def _filters(tz: str, now: dt.datetime) -> dict[str, Any]:
-    def local(at: dt.datetime | None, with_day: bool = True) -> str:
-        if at is None:
-            return "—"
-        return format_local(at, tz, reference=now if with_day else at)
+@jinja2.pass_context
+def _local(ctx: Any, at: dt.datetime | None) -> str:
+    """An instant in the viewer's timezone, with its day when it is not today."""
+    if at is None:
+        return "—"
+    return format_local(at, ctx["tz"], reference=ctx["now"])
 
-    def dur(value: dt.timedelta | float | None) -> str:
-        if value is None:
-            return "—"
-        if not isinstance(value, dt.timedelta):
-            value = dt.timedelta(seconds=value)
-        return format_duration(value)
 
-    return {"local": local, "dur": dur, "status_label": lambda s: (s or "").replace("_", " "),
-            "duration": dash.duration, "thread_link": _thread}
+def _dur(value: dt.timedelta | float | None) -> str:
+    if value is None:
+        return "—"
+    if not isinstance(value, dt.timedelta):
+        value = dt.timedelta(seconds=value)
+    return format_duration(value)
 
 
 def _thread(d: dict[str, Any]) -> str | None:
     link = thread_link(d)
     return link if link.startswith("https://") else None
+
+
+_templates.filters.update(local=_local, dur=_dur, status_label=lambda s: (s or "").replace("_", " "),
+                          duration=dash.duration, thread_link=_thread)
 
 
 def _bars(weekly: list[tuple[dt.date, float | None]], *, width: int = 280, height: int = 80) -> dict[str, Any]:
@@ -155,9 +158,7 @@ def routes(rt: Runtime) -> list[Route]:
     def page(name: str, viewer: Viewer | None, status: int = 200, **context: Any) -> HTMLResponse:
         now = rt.now()
         tz = viewer.tz if viewer else "UTC"
-        env = _templates.overlay()
-        env.filters.update(_filters(tz, now))
-        html = env.get_template(name).render(viewer=viewer, now=now, tz=tz, cfg=cfg, **context)
+        html = _templates.get_template(name).render(viewer=viewer, now=now, tz=tz, cfg=cfg, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def problem(status: int, title: str, message: str, viewer: Viewer | None = None, **context: Any) -> HTMLResponse:
