@@ -215,5 +215,6 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX deploys_updated ON deploys(updated_at)",
         "CREATE INDEX deploys_open ON deploys(id) WHERE finished_at IS NULL",
         "CREATE INDEX steps_open ON steps(id) WHERE finished_at IS NULL",
+        "CREATE INDEX deploys_rollbacks ON deploys(rollback_of) WHERE kind = 'rollback'",
     ],
 ]
