@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from bot.runtime import Runtime
 from commands import dashboard
+from commands.dashboard import fingerprint as dash_fingerprint
 from commands.freezes import current_calendar
 from storage import deploys as rows
 from storage.db import parse_iso
@@ -173,15 +174,7 @@ class StoreCollector:
                     live.add_metric([service, env, d["version"]], 1)
         yield live
 
-        counts = store.row("SELECT (SELECT count(*) FROM deploys WHERE status IN ('running', 'needs_attention')) AS running,"
-                           " (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS outbox")
-        yield GaugeMetricFamily("recess_deploys_in_progress", "Deploys running or needing attention", value=counts["running"])
-        now = self.rt.now()
-        safe = current_calendar(cfg, store).is_safe(now)
-        yield GaugeMetricFamily("recess_window_safe", "1 when deploying now is safe for every school, else 0",
-                                value=1 if safe else 0)
-        yield GaugeMetricFamily("recess_outbox_pending", "Slack messages not yet sent", value=counts["outbox"])
-        yield from self._dora_families(now)
+        yield from self._dora_families(self.rt.now())
 
     def _dora_families(self, now: Any) -> list[Metric]:
         """The four keys per service (and 'all') over 30 and 90 days, recomputed when the store
@@ -210,22 +203,62 @@ class StoreCollector:
         return families
 
 
-class Metrics:
-    """One registry per running recess (tests run several in one process)."""
+class NowCollector:
+    """What is true this instant: cheap, read at every scrape."""
 
     def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.rt.store
+        counts = store.row("SELECT (SELECT count(*) FROM deploys WHERE status IN ('running', 'needs_attention')) AS running,"
+                           " (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS outbox")
+        yield GaugeMetricFamily("recess_deploys_in_progress", "Deploys running or needing attention", value=counts["running"])
+        safe = current_calendar(self.rt.cfg, store).is_safe(self.rt.now())
+        yield GaugeMetricFamily("recess_window_safe", "1 when deploying now is safe for every school, else 0",
+                                value=1 if safe else 0)
+        yield GaugeMetricFamily("recess_outbox_pending", "Slack messages not yet sent", value=counts["outbox"])
+
+
+class Metrics:
+    """The registries of one running recess (tests run several in one process): counters kept in
+    this process, what is true now, and what the store's history says. The history's text is
+    kept until the store changes (deploys, steps, approvals, audit, freezes) or a minute passes
+    (the DORA periods slide), so a scrape while nothing happens costs a few index lookups."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
         self.registry = CollectorRegistry(auto_describe=False)
         self.ofrep_requests = Counter("recess_ofrep_requests", "OFREP answers by HTTP status", ["status"],
                                       registry=self.registry)
         self.router_flip = Histogram("recess_router_flip_seconds", "Router weight changes (one call each)",
                                      buckets=FLIP_BUCKETS, registry=self.registry)
-        self.registry.register(StoreCollector(rt))
+        self.now = CollectorRegistry(auto_describe=False)
+        self.now.register(NowCollector(rt))
+        self.history = CollectorRegistry(auto_describe=False)
+        self.history.register(StoreCollector(rt))
+        self._history: tuple[Any, bytes] | None = None
+        self._lock = threading.Lock()
 
     def ofrep_answered(self, status: int) -> None:
         self.ofrep_requests.labels(str(status)).inc()
 
+    def _history_key(self) -> tuple[Any, ...]:
+        steps = self.rt.store.row("SELECT (SELECT max(id) FROM steps) AS last,"
+                                  " (SELECT count(*) FROM steps WHERE finished_at IS NULL) AS open")
+        minute = self.rt.now().replace(second=0, microsecond=0)
+        return (*dash_fingerprint(self.rt.store), steps["last"], steps["open"], minute)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._lock:
+            key = self._history_key()
+            if self._history is None or self._history[0] != key:
+                self._history = (key, generate_latest(self.history))
+            history = self._history[1]
+        return generate_latest(self.registry) + generate_latest(self.now) + history
 
 
 def attach(rt: Runtime) -> Metrics:

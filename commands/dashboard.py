@@ -100,6 +100,29 @@ def fingerprint(store: Store) -> tuple[Any, ...]:
     return tuple(row.values()) if row else ()
 
 
+@dataclass(frozen=True)
+class TenantState:
+    """What a flag is for one school: `state` ('on', 'off', '25%', 'killed'), where it comes from
+    (`own`: the school's own setting; else the flag's default), and the toggle that is current
+    ('on' | 'off' | 'default')."""
+
+    state: str
+    own: bool
+    toggle: str
+
+
+def tenant_state(flag: Any, tenant: str) -> TenantState:
+    """A flag for one school, ignoring role overrides (those are shown beside it)."""
+    if flag.killed:
+        return TenantState("killed", False, "default")
+    for o in flag.overrides:
+        if o.tenant == tenant and not o.role:
+            shown = f"{o.rollout}%" if o.rollout is not None else ("on" if o.value else "off")
+            return TenantState(shown, True, "on" if o.value else "off")
+    shown = f"{flag.rollout}%" if flag.rollout is not None else ("on" if flag.default else "off")
+    return TenantState(shown, False, "default")
+
+
 # -- deploy lists ---------------------------------------------------------------------------------
 
 

@@ -275,7 +275,7 @@ def routes(rt: Runtime) -> list[Route]:
             return problem(400, "Not a tenant recess knows", f"tenant: {chosen!r} is not one of {', '.join(tenants)}", viewer)
         book = FlagBook.for_store(rt.store)
         flags = sorted(book.flags(), key=lambda f: f.key)
-        matrix = {f.key: {t: _tenant_state(f, t) for t in tenants} for f in flags}
+        matrix = {f.key: {t: dash.tenant_state(f, t) for t in tenants} for f in flags}
         changed = request.query_params.get("changed")
         return page("flags.html", viewer, status, flags=flags, tenants=tenants, chosen=chosen, matrix=matrix,
                     notice=notice or (f"{changed}: changed, audited and announced in the deploy channel" if changed else None),
@@ -373,15 +373,3 @@ def _whole(text: str, name: str) -> int:
     if not text.isdigit() or len(text) > 9:
         raise dash.DashboardError(f"{name}: expected a whole number, got {text[:40]!r}")
     return int(text)
-
-
-def _tenant_state(flag: Any, tenant: str) -> dict[str, Any]:
-    """What a flag is for one tenant: its tenant override, else the flag's own state."""
-    if flag.killed:
-        return {"state": "killed", "source": "kill switch", "override": None}
-    for o in flag.overrides:
-        if o.tenant == tenant and not o.role:
-            state = f"{o.rollout}%" if o.rollout is not None else ("on" if o.value else "off")
-            return {"state": state, "source": "set for this tenant", "override": "on" if o.value else "off"}
-    state = f"{flag.rollout}%" if flag.rollout is not None else ("on" if flag.default else "off")
-    return {"state": state, "source": "default", "override": None}

@@ -74,16 +74,6 @@ def _link(d: dict[str, Any]) -> str:
     return f"<{link}|#{d['id']}>" if link.startswith("https://") else f"#{d['id']}"
 
 
-def _tenant_state(flag: Any, tenant: str) -> tuple[str, str]:
-    """(state text, current toggle: 'on' | 'off' | 'default') for one school."""
-    for o in flag.overrides:
-        if o.tenant == tenant and not o.role:
-            shown = f"{o.rollout}%" if o.rollout is not None else ("on" if o.value else "off")
-            return shown, ("on" if o.value else "off")
-    shown = f"{flag.rollout}%" if flag.rollout is not None else ("on" if flag.default else "off")
-    return f"{shown} (default)", "default"
-
-
 def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> dict:
     now = rt.now()
     calendar = current_calendar(rt.cfg, rt.store)
@@ -181,7 +171,8 @@ def _flag_blocks(rt: Runtime, user: str, *, room: int) -> list[Any]:
                                       placeholder="School")))
     shown = flags[: max(room - len(out) - 1, 0)]
     for f in shown:
-        state, current = _tenant_state(f, chosen)
+        st = dash.tenant_state(f, chosen)
+        state, current = (st.state if st.own else f"{st.state} (default)"), st.toggle
         radios = [Option(text=v, value=v) for v in ("on", "off", "default")]
         out.append(SectionBlock(
             block_id=f"flag|{chosen}|{f.key}"[:255],
