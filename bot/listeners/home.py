@@ -136,21 +136,39 @@ def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> 
                           f"({d['env']}): {d['status'].replace('_', ' ')}" + (f", {format_duration(took)}" if took else ""))
         blocks += _chunks("Recent deploys", recent)
 
-    blocks += _flag_blocks(rt, user, room=HOME_BLOCKS - len(blocks) - 1)
-    blocks.append(context("`/deploy`, `/rollback`, `/window`, `/flag`: add `help` to any of them for usage. "
-                          "`/deploy dashboard` signs you in to the web dashboard."))
-    view = {"type": "home", "blocks": [b.to_dict() for b in blocks[:HOME_BLOCKS]]}
+    rendered = [b.to_dict() for b in blocks]
+    rendered += _flag_dicts(rt, user, room=HOME_BLOCKS - len(rendered) - 1)
+    rendered.append(context("`/deploy`, `/rollback`, `/window`, `/flag`: add `help` to any of them for usage. "
+                            "`/deploy dashboard` signs you in to the web dashboard.").to_dict())
+    view = {"type": "home", "blocks": rendered[:HOME_BLOCKS]}
     while len(json.dumps(view)) > HOME_BYTES and len(view["blocks"]) > 2:
         view["blocks"].pop(-2)
     return view
 
 
-def _flag_blocks(rt: Runtime, user: str, *, room: int) -> list[Any]:
+def _flag_dicts(rt: Runtime, user: str, *, room: int) -> list[dict[str, Any]]:
+    """The flag blocks, checked by slack_sdk and turned into dicts once per flag snapshot, school
+    and kind of viewer: most of a Home view's building time is that checking, and flags change
+    rarely while many people open the tab."""
+    book = FlagBook.for_store(rt.store)
+    tenants = [t.id for t in rt.cfg.tenants]
+    admin = bool(rt.policy.can_change_flags(user)) and bool(tenants)
+    chosen = rt.extras.setdefault("home_tenant", {}).get(user)
+    key = (book.snapshot.version, admin, chosen if chosen in tenants else None, room)
+    cache: dict[Any, list[dict[str, Any]]] = rt.extras.setdefault("home_flag_cache", {})
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) > 64:
+            cache.clear()
+        hit = cache[key] = [b.to_dict() for b in _flag_blocks(rt, user, room=room, admin=admin)]
+    return hit
+
+
+def _flag_blocks(rt: Runtime, user: str, *, room: int, admin: bool) -> list[Any]:
     flags = sorted(FlagBook.for_store(rt.store).flags(), key=lambda f: f.key)
     if not flags:
         return []
     tenants = [t.id for t in rt.cfg.tenants]
-    admin = bool(rt.policy.can_change_flags(user)) and bool(tenants)
     out: list[Any] = [divider()]
     if not admin:
         lines = []
