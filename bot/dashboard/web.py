@@ -15,6 +15,7 @@ import urllib.parse
 from typing import Any
 
 import jinja2
+import pendulum
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -29,6 +30,7 @@ from commands.flags import Change, FlagBook, FlagError, Scope, Unchanged
 from commands.freezes import current_calendar, list_freezes
 from commands.windows import format_local, timeline
 from storage import audit
+from storage import dashboard as links
 
 log = logging.getLogger("recess.dashboard")
 
@@ -132,8 +134,6 @@ def _timeline_rows(rt: Runtime, now: dt.datetime, tz: str, days: int = 7) -> dic
                           "label": f"{s.label}: {format_local(s.start, tz, reference=now)} – {format_local(s.end, tz, reference=now)}"})
         rows.append({"tenant": tenant or "all schools", "spans": items})
     ticks = []
-    import pendulum
-
     local_start = pendulum.instance(start).in_timezone(tz).start_of("day")
     for i in range(1, days + 1):
         day = local_start.add(days=i)
@@ -204,8 +204,6 @@ def routes(rt: Runtime) -> list[Route]:
             return RedirectResponse("/dashboard/signin", status_code=303, headers=SECURITY_HEADERS)
         if not hmac.compare_digest(form.get("csrf", "").encode(), viewer.session.csrf.encode()):
             return problem(403, "Refused", "This form lacks its CSRF token; reload the page and try again.", viewer)
-        from storage import dashboard as links
-
         links.end_session(rt.store, viewer.session.id)
         response = RedirectResponse("/dashboard/signin", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path="/dashboard")
