@@ -280,3 +280,16 @@ def test_dashboard_pages_never_answer_500_to_odd_input(srv):
         assert client.get(path).status_code in (200, 400), path
     big = client.post("/dashboard/flags", content=b"x" * 20_000, headers={"content-type": "application/x-www-form-urlencoded"})
     assert big.status_code == 413
+
+
+def test_sessions_and_unspent_links_survive_a_restart(server_factory):
+    first = server_factory(FAKE_SERVICE, clock=FakeClock(AFTER_SCHOOL))
+    client = first.dashboard_client(APPROVER_1)
+    spare = first.dashboard_link(ENGINEER)
+    first.stop()
+    second = server_factory(FAKE_SERVICE, clock=FakeClock(AFTER_SCHOOL))  # the same folder, the same store
+    client.base_url = second.url
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and APPROVER_1 in page.text
+    token = spare.split("token=", 1)[1]
+    assert httpx.post(f"{second.url}/dashboard/signin", data={"token": token}).status_code == 303
