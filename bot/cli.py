@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     rt = build_runtime(cfg)
     rt.extras["lease"] = lease
+    rt.extras["serve_url"] = f"http://{args.host}:{args.port}"  # sign-in links, unless [bot] public_url
     rt.start()
     bolt = build_app(rt, socket_mode=bool(app_token))
     if app_token:

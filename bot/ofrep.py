@@ -167,7 +167,19 @@ def routes(rt: Runtime) -> list[Route]:
         flags = [success(ev) if ev.ok else failure(ev) for ev in results]
         return _json(200, {"flags": flags}, headers={"ETag": etag})
 
+    def counted(endpoint: Any) -> Any:
+        """Counts each answer's status for GET /metrics (recess_ofrep_requests_total)."""
+
+        async def run(request: Request) -> Response:
+            response = await endpoint(request)
+            metrics = rt.extras.get("metrics")
+            if metrics is not None:
+                metrics.ofrep_answered(response.status_code)
+            return response
+
+        return run
+
     return [
-        Route("/ofrep/v1/evaluate/flags", evaluate_flags, methods=["POST"]),
-        Route("/ofrep/v1/evaluate/flags/{key:path}", evaluate_flag, methods=["POST"]),
+        Route("/ofrep/v1/evaluate/flags", counted(evaluate_flags), methods=["POST"]),
+        Route("/ofrep/v1/evaluate/flags/{key:path}", counted(evaluate_flag), methods=["POST"]),
     ]

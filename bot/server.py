@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bot import api, edge, ofrep
+from bot import api, dashboard, edge, metrics, ofrep
 from bot.runtime import Runtime
 from bot.slack_client import make_client
 from commands import freezes
@@ -137,8 +137,10 @@ def build_http_app(rt: Runtime, bolt: App | None, *, verify: bool = True, clock:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/window", window, methods=["GET"]),
     ]
+    routes += metrics.routes(rt)  # before ofrep: OFREP answers are counted into it
     routes += ofrep.routes(rt)
     routes += api.routes(rt)  # the REST API for CI (bot/api.py)
+    routes += dashboard.routes(rt)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(404, f"no route {request.method} {request.url.path}")

@@ -149,6 +149,18 @@ class BotSection(Strict):
     database: str = "recess.db"
     channel: str = "C0DEPLOYS"
     state_dir: str = ".recess"
+    # The address people reach recess at, for dashboard sign-in links; default: `recess serve`'s
+    # own http://HOST:PORT.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s?#]*)?", v):
+            raise ValueError(f"expected an http:// or https:// address like 'https://recess.example.org', got {v!r}")
+        return v.rstrip("/")
 
     @field_validator("channel")
     @classmethod
@@ -252,6 +264,40 @@ class FlagsSection(Strict):
         for key in v:
             if not FLAG_KEY.fullmatch(key):
                 raise ValueError(f"expected flag keys of [a-z0-9._-], got {key!r}")
+        return v
+
+
+class DashboardSection(Strict):
+    # Read-only pages open without signing in (flag toggles always need a session).
+    public: bool = False
+    # Sign-in links from `/deploy dashboard` work once, within `link_ttl`; sessions last `session_ttl`.
+    link_ttl: Duration = dt.timedelta(minutes=10)
+    session_ttl: Duration = dt.timedelta(hours=12)
+    # How often App Home is checked for changes and republished to people who opened it within
+    # `home_viewers` (0s: never republished).
+    home_refresh: Duration = dt.timedelta(seconds=15)
+    home_viewers: Duration = dt.timedelta(minutes=15)
+    # The environment whose deploys the DORA numbers count; default: "production" when it exists,
+    # else the first environment.
+    dora_env: str | None = None
+
+    @field_validator("link_ttl", "session_ttl")
+    @classmethod
+    def _positive(cls, v: dt.timedelta) -> dt.timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("expected a duration above 0")
+        return v
+
+
+class MetricsSection(Strict):
+    # The environment variable holding a bearer token for GET /metrics; unset: /metrics is open.
+    token_env: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _variable(cls, v: str | None) -> str | None:
+        if v is not None and not VARIABLE_NAME.fullmatch(v):
+            raise ValueError(f"expected an environment variable name like 'RECESS_METRICS_TOKEN', got {v!r}")
         return v
 
 
@@ -551,6 +597,8 @@ class Config(Strict):
     services: dict[str, Service] = {}
     api: ApiSection = ApiSection()
     webhooks: list[Webhook] = []
+    dashboard: DashboardSection = DashboardSection()
+    metrics: MetricsSection = MetricsSection()
 
     # Set by load_config: the folder relative paths are resolved against, and the file's name.
     base_dir: Path = Path(".")
@@ -578,6 +626,8 @@ class Config(Strict):
                     raise ValueError(f"services.{name}.env.{var}: expected no OFREP key: its value holds one of "
                                      f"[flags] api_keys, and OFREP keys are never passed to a service's processes")
             svc._withheld = tuple(self.flags.api_keys)
+        if self.dashboard.dora_env is not None and self.dashboard.dora_env not in self.environments:
+            raise ValueError(f"dashboard.dora_env: {self.dashboard.dora_env!r} is not one of {', '.join(self.environments)}")
         return self
 
     # -- derived values --------------------------------------------------------------------------
@@ -597,6 +647,12 @@ class Config(Strict):
     @property
     def state_dir(self) -> Path:
         return self.path(self.bot.state_dir)
+
+    @property
+    def dora_environment(self) -> str:
+        if self.dashboard.dora_env:
+            return self.dashboard.dora_env
+        return "production" if "production" in self.environments else self.default_environment
 
     def service_environments(self, service: str) -> list[str]:
         svc = self.services[service]

@@ -84,6 +84,8 @@ class TrafficDoor:
         self.probe_span = probe_span
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._guard = threading.Lock()
+        # Told the seconds of every router flip (GET /metrics' recess_router_flip_seconds).
+        self.flip_observers: list[Callable[[float], None]] = []
 
     @contextmanager
     def holding(self, service: str, env: str) -> Iterator[Platform]:
@@ -156,6 +158,11 @@ class TrafficDoor:
             exchange = getattr(platform, "last_router_call_seconds", None)
             router = exchange if isinstance(exchange, float) and 0 < exchange <= call else call
             log.info("%s/%s: traffic %s (deploy %s)", service, env, format_weights(weights), owner)
+            for observe in self.flip_observers:
+                try:
+                    observe(router)
+                except Exception:  # a metric must never stop traffic
+                    log.exception("flip observer failed")
             return Flip(weights, router, call)
 
     def back_to(self, service: str, env: str, *, blue: str | None, blue_version: str | None, green: str,

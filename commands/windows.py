@@ -146,8 +146,7 @@ class Verdict:
         """'safe until 06:00 JST, when sakura-intl starts school' (in the tenant's own zone)."""
         if self.ends is None:
             return None
-        tz = self.ends.timezone or "UTC"
-        return f"safe until {format_local(self.ends.at, tz, reference=self.next_safe_at or self.at)}, when {self.ends.reason}"
+        return ending_phrase(self.ends, self.ends.timezone or "UTC", self.next_safe_at or self.at)
 
 
 SAFE_UNTIL_HORIZON = dt.timedelta(days=14)
@@ -482,6 +481,73 @@ class Calendar:
             if t < f.end and (latest is None or f.end > latest):
                 latest = f.end
         return latest
+
+
+# -- how long the safe stretch lasts, and the week ahead ------------------------------------------
+
+
+def ending_phrase(ending: Ending | None, tz: str, reference: dt.datetime) -> str:
+    """'safe until 19:00 EDT, when sakura-intl starts school' in the zone `tz` (the viewer's on App
+    Home and the dashboard, the tenant's own in `/window`); `ending` is Calendar.safe_until's answer
+    for a safe instant."""
+    if ending is None:
+        return "safe, and nothing blocks deploys in the next 14 days"
+    return f"safe until {format_local(ending.at, tz, reference=reference)}, when {ending.reason}"
+
+
+@dataclass(frozen=True)
+class Span:
+    """One stretch on a tenant's timeline: 'school_hours', 'holiday', 'freeze' or 'safe'."""
+
+    kind: str
+    start: dt.datetime
+    end: dt.datetime
+    label: str = ""
+
+
+def timeline(calendar: Calendar, start: dt.datetime, end: dt.datetime) -> dict[str, list[Span]]:
+    """Per tenant (config order), what [start, end) looks like: school hours, holidays (whole
+    local days without school that would have had some), freezes, and the safe stretches between
+    (safe for everyone, as Calendar.is_safe means it: every tenant's row shows the same safe spans)."""
+    s, e = _utc(start), _utc(end)
+    out: dict[str, list[Span]] = {}
+    for tenant, sch in zip(calendar.tenants, calendar._tenant_schedules, strict=True):
+        spans: list[Span] = []
+        first, last = sch.zone.local_ordinal(s), sch.zone.local_ordinal(e)
+        for ordinal in range(first, last + 1):
+            day = dt.date.fromordinal(ordinal)
+            if day in sch.holidays and any(day.weekday() in r[0] for r in sch.rules):
+                midnight = dt.datetime(day.year, day.month, day.day, tzinfo=sch.zone.tz)
+                a, b = _utc(midnight), _utc(midnight + _DAY)
+                if a < e and b > s:
+                    spans.append(Span("holiday", max(a, s), min(b, e), f"{day:%a %b %d}: no school"))
+                continue
+            for a, b in sch.day_intervals(ordinal):
+                if a < e and b > s:
+                    spans.append(Span("school_hours", max(a, s), min(b, e), "school hours"))
+        for f in calendar.freezes:
+            if f.start < e and f.end > s:
+                spans.append(Span("freeze", max(f.start, s), min(f.end, e), f.reason))
+        out[tenant.id] = sorted(spans, key=lambda x: (x.start, x.kind))
+    safe: list[Span] = []
+    t = s
+    while t < e:
+        until = calendar._blocked_until(t)
+        if until is not None:
+            t = until
+            continue
+        ending = calendar.safe_until(t)
+        stop = e if ending is None else min(ending.at, e)
+        if stop <= t:
+            break
+        safe.append(Span("safe", t, stop, "safe to deploy"))
+        t = stop
+    for spans in out.values():
+        spans.extend(safe)
+        spans.sort(key=lambda x: (x.start, x.kind))
+    if not out:
+        out[""] = safe
+    return out
 
 
 def _reason(at: dt.datetime, blocks: Sequence[Block]) -> str:

@@ -17,6 +17,8 @@ The story, printed as the channel would show it:
    then the blue-green deploy step by step in the card's thread.
 4. `/rollback web`: the confirm dialog, one router call, traffic back on v1 (timed).
 5. The requests each version answered, and the failures: 0, or the demo exits 1.
+6. The dashboard, on this run's own store: `/deploy dashboard` signs dana in to the web pages
+   (what is live, the deploy's steps, the DORA numbers), `GET /metrics`, and App Home.
 
 Everything started here (HAProxy, the app processes, the servers) is stopped at the end, also
 after Ctrl-C or a failure.
@@ -280,6 +282,7 @@ class Stage:
                                   on_event=self.transcript.on_event)
         self.rt = build_runtime(self.cfg, client=make_client(self.slack.bot_token, self.slack.api_url),
                                 clock=self.clock, signing_secret=SECRET)
+        self.rt.extras["serve_url"] = self.url  # what `recess serve` sets: sign-in links point here
         self.rt.start()
         http = build_http_app(self.rt, build_app(self.rt))
         port = int(self.url.rsplit(":", 1)[1])
@@ -469,6 +472,50 @@ def report(stage: Stage, load: Load) -> None:
     t.print(t.style.bold(f"  {verdict}" + (": not one request was lost." if seen.failed == 0 else ".")))
 
 
+def dashboard(stage: Stage) -> None:
+    """Chapter 6: the dashboard's pages and metrics, read from this run's own store."""
+    import re
+
+    from bot.listeners.home import home_view
+
+    t = stage.transcript
+    chapter(t, 6, "The dashboard: /deploy dashboard, the web pages, /metrics, App Home")
+    answer = stage.command(DANA, "/deploy", "dashboard")
+    found = re.search(r"<(http[^|>]+)\|", answer.text if answer else "")
+    if not found:
+        raise DemoFailed("/deploy dashboard answered no sign-in link")
+    link = found.group(1)
+    with httpx.Client(base_url=stage.url, timeout=10) as web:
+        if web.get(link).status_code != 200:
+            raise DemoFailed("the sign-in link did not open")
+        token = link.split("token=", 1)[1]
+        if web.post("/dashboard/signin", data={"token": token}).status_code != 303:
+            raise DemoFailed("the sign-in link did not sign dana in")
+        again = web.post("/dashboard/signin", data={"token": token}, cookies={}).status_code
+        note(t, f"dana opens the link and is signed in; the same link a second time answers {again}.")
+
+        def text(html: str) -> str:
+            return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
+
+        overview = web.get("/dashboard").text
+        live = re.search(r'data-service="web" data-env="production">(.*?)</tr>', overview, re.S)
+        note(t, f"/dashboard, what is live: {text(live.group(1)) if live else '?'}")
+        window = re.search(r'id="window">(.*?)</div>\s*</div>', overview, re.S)
+        note(t, f"/dashboard, the window: {text(window.group(1)) if window else '?'}")
+        steps = re.findall(r"<tr><td>(\w+)</td><td><span[^>]*>(\w+)</span></td>\s*<td>([^<]*)</td>",
+                           web.get("/dashboard/deploys/2").text)
+        note(t, "/dashboard/deploys/2: " + ", ".join(f"{name} {took}" for name, _, took in steps))
+        dora = web.get("/dashboard/metrics").text
+        keys = {k: text(v) for k, v in re.findall(r'class="dora-(\w+)">(.*?)</a>', dora)}
+        note(t, "/dashboard/metrics (30 days): " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in keys.items()))
+        metrics = web.get("/metrics").text
+        shown = [line for line in metrics.splitlines() if line.startswith(("recess_deploys_total", "recess_live_info",
+                                                                          "recess_window_safe", "recess_rollback_seconds_count"))]
+        note(t, "GET /metrics: " + "; ".join(shown))
+    view = home_view(stage.rt, DANA.id, DANA.tz)
+    note(t, f"App Home for dana: {len(view['blocks'])} blocks, {len(str(view)):,} bytes (Slack allows 100 and 250 kB).")
+
+
 def main() -> int:
     started = time.monotonic()
     quiet_logging()
@@ -499,6 +546,7 @@ def main() -> int:
                              f"green :{stage.slots['green']} · data in {tmp}")
             load = story(stage)
             report(stage, load)
+            dashboard(stage)
             code = 0 if load.failed == 0 else 1
         except DemoFailed as exc:
             transcript.print(f"\nrecess demo FAILED: {exc}")

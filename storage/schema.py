@@ -187,7 +187,7 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE deploys ADD COLUMN committed_at TEXT",
         "ALTER TABLE deploys ADD COLUMN requested_by TEXT",
     ],
-    # (issue 13) the REST API's idempotency keys and the webhook lanes of the outbox. A key is
+    # 7: the REST API's idempotency keys and the webhook lanes of the outbox. A key is
     #    per token; it remembers a digest of the body it came with and the deploy it answered.
     #    Webhook deliveries are outbox rows (method 'webhook', lane 'webhook:...'); each event of a
     #    deploy is queued once per receiver, whoever notices it first.
@@ -206,5 +206,34 @@ MIGRATIONS: list[list[str]] = [
         # The live deploy of a service (storage.deploys.live), read by every API answer: without
         # it, SQLite sorts all of the service's deploys (3 ms at 200 deploys; 0.4 ms with it).
         "CREATE INDEX deploys_live ON deploys(service, env, status, traffic_at)",
+    ],
+    # 8: one-time sign-in links and browser sessions of the web dashboard. Only SHA-256
+    #    digests of the secrets are stored, so a copy of the database signs nobody in. A link is
+    #    spent by one conditional update (`used_at IS NULL`); a session carries its CSRF token.
+    [
+        """CREATE TABLE dashboard_links (
+            token_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )""",
+        """CREATE TABLE dashboard_sessions (
+            id_sha256 TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at)",
+        # the DORA numbers read deploys by environment and switch time; the live version of each
+        # service is its latest succeeded switch
+        "CREATE INDEX deploys_traffic ON deploys(env, traffic_at)",
+        # what changed since the last look (App Home's refresh), and the rows GET /metrics has yet
+        # to count (the ones not finished)
+        "CREATE INDEX deploys_updated ON deploys(updated_at)",
+        "CREATE INDEX deploys_open ON deploys(id) WHERE finished_at IS NULL",
+        "CREATE INDEX steps_open ON steps(id) WHERE finished_at IS NULL",
+        "CREATE INDEX deploys_rollbacks ON deploys(rollback_of) WHERE kind = 'rollback'",
     ],
 ]

@@ -127,6 +127,7 @@ class RecessServer:
         self.rt: Runtime = build_runtime(
             cfg, client=make_client("xoxb-test", slack.api_url), clock=self.clock, signing_secret=SECRET
         )
+        self.rt.extras["serve_url"] = self.url  # as `recess serve` sets it (dashboard sign-in links)
         if platform_factory is not None:
             self.rt.extras["platform_factory"] = platform_factory
         self.rt.start()
@@ -164,6 +165,26 @@ class RecessServer:
         """Clicks a button of deploy `deploy_id`'s card as Slack sends it: the value the card carries
         (the deploy's id and its click token)."""
         return self.sender.action(action_id, card_value(self.rt.store, deploy_id), user=user, **kw)
+
+    def dashboard_link(self, user: str = ENGINEER) -> str:
+        """The one-time sign-in link `/deploy dashboard` answers `user` with, as Slack shows it."""
+        import re
+
+        resp = self.command("/deploy", "dashboard", user=user)
+        found = re.search(r"<(https?://[^|>]+)\|", resp.json().get("text", ""))
+        if not found:
+            raise AssertionError(f"/deploy dashboard answered no link: {resp.text[:300]}")
+        return found.group(1)
+
+    def dashboard_client(self, user: str = ENGINEER) -> httpx.Client:
+        """An HTTP client signed in to the web dashboard as `user`, through the link's form."""
+        link = self.dashboard_link(user)
+        client = httpx.Client(base_url=self.url, timeout=10)
+        token = link.split("token=", 1)[1]
+        resp = client.post("/dashboard/signin", data={"token": token})
+        if resp.status_code != 303:
+            raise AssertionError(f"signing in answered {resp.status_code}: {resp.text[:300]}")
+        return client
 
     def stop(self) -> None:
         self.server.should_exit = True

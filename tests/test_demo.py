@@ -55,6 +55,17 @@ def test_demo_runs_the_whole_story_and_exits_zero(demo):
     assert "Traceback" not in demo.stderr
 
 
+def test_demo_shows_the_dashboard_on_its_own_store(demo):
+    out = demo.stdout
+    assert "@dana in #eng: /deploy dashboard" in out
+    assert "the same link a second time answers 401" in out
+    assert re.search(r"/dashboard, what is live: web production v1 .* v2 until", out)
+    assert re.search(r"/dashboard/deploys/2: build [^,]+, start_green [^,]+, .*bake", out)
+    assert "failure rate 50.0 %" in out  # v2 moved traffic and was rolled back
+    assert 'recess_live_info{env="production",service="web",version="v1"} 1.0' in out
+    assert re.search(r"App Home for dana: \d+ blocks", out)
+
+
 def test_demo_leaves_nothing_running_and_no_files(demo):
     out = demo.stdout
     data = re.search(r"data in (\S+)", out).group(1)

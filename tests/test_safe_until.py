@@ -1,4 +1,4 @@
-"""How long a window lasts: `safe_until` and `until_reason` on the verdict, the window API, `/window`
+"""How long a window lasts (Calendar.safe_until, ending_phrase, timeline): `safe_until` and `until_reason` on the verdict, the window API, `/window`
 and `recess window check`."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from commands.windows import Calendar, FreezeWindow
+from commands.config import parse_config
+from commands.windows import Calendar, FreezeWindow, calendar_from_config, ending_phrase, timeline
 from tests.harness import FakeClock, write_config
 from tests.test_window_commands import reply_text
 from tests.test_windows import LINCOLN, local, school, utc
@@ -79,3 +80,50 @@ def test_window_check_on_the_host_says_until_when_and_refuses_a_short_window(tmp
     assert short.returncode == 1 and "refused: the window closes in 30 min" in short.stdout
     bad = subprocess.run([RECESS, "--config", str(cfg), "window", "check", "--for", "soon"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--for" in bad.stderr
+
+
+UTC = dt.UTC
+
+
+def calendar(*freezes: FreezeWindow):  # noqa: ANN201
+    cfg = parse_config({"tenants": [{"id": "lincoln-high", "timezone": "America/New_York"},
+                                    {"id": "sakura-intl", "timezone": "Asia/Tokyo"}]})
+    return calendar_from_config(cfg, freezes)
+
+
+def test_safe_until_names_the_school_whose_day_starts_first():
+    # Tuesday 2027-03-16 20:00 UTC: New York is out (16:00), Tokyo starts at 08:00 JST = 23:00 UTC.
+    ending = calendar().safe_until(dt.datetime(2027, 3, 16, 20, 0, tzinfo=UTC))
+    assert ending.at == dt.datetime(2027, 3, 16, 23, 0, tzinfo=UTC)
+    assert ending.reason == "sakura-intl starts school"
+    # in the viewer's zone, as App Home and the dashboard say it
+    assert ending_phrase(ending, "America/New_York", dt.datetime(2027, 3, 16, 20, 0, tzinfo=UTC)) == \
+        "safe until 19:00 EDT, when sakura-intl starts school"
+
+
+def test_safe_until_is_none_while_blocked():
+    assert calendar().safe_until(dt.datetime(2027, 3, 16, 14, 0, tzinfo=UTC)) is None
+
+
+def test_a_freeze_that_starts_first_ends_the_safe_window():
+    freeze = FreezeWindow(3, dt.datetime(2027, 3, 16, 21, 0, tzinfo=UTC), dt.datetime(2027, 3, 20, tzinfo=UTC), "State testing")
+    ending = calendar(freeze).safe_until(dt.datetime(2027, 3, 16, 20, 0, tzinfo=UTC))
+    assert ending.at == freeze.start
+    assert "State testing" in ending_phrase(ending, "UTC", freeze.start)
+
+
+def test_safe_until_crosses_a_weekend():
+    # Friday 2027-03-19 20:00 UTC: the next school day anywhere is Monday 08:00 in Tokyo (Sunday 23:00 UTC).
+    ending = calendar().safe_until(dt.datetime(2027, 3, 19, 20, 0, tzinfo=UTC))
+    assert ending.at == dt.datetime(2027, 3, 21, 23, 0, tzinfo=UTC)
+
+
+def test_timeline_shows_each_schools_hours_and_the_shared_safe_stretches():
+    start = dt.datetime(2027, 3, 15, 0, 0, tzinfo=UTC)  # a Monday
+    rows = timeline(calendar(), start, start + dt.timedelta(days=7))
+    assert list(rows) == ["lincoln-high", "sakura-intl"]
+    ny = [s for s in rows["lincoln-high"] if s.kind == "school_hours"]
+    assert len(ny) == 5 and ny[0].start == dt.datetime(2027, 3, 15, 12, 0, tzinfo=UTC)
+    safe = [s for s in rows["sakura-intl"] if s.kind == "safe"]
+    assert safe and all(calendar().is_safe(s.start) for s in safe)
+    assert all(not calendar().is_safe(s.end) or s.end == start + dt.timedelta(days=7) for s in safe)

@@ -84,6 +84,8 @@ def handle_deploy(rt: Runtime, user: str, text: str) -> dict[str, Any]:
         args = split_args(text)
         if not args or args[0] in ("help", "-h", "--help"):
             return ephemeral(f"```{DEPLOY_USAGE}```")
+        if args == ["dashboard"]:  # (a service named "dashboard" still deploys: it has a VERSION)
+            return dashboard_link_reply(rt, user)
         if args[0] == "history":
             if len(args) > 2:
                 raise ParseError("`/deploy history` takes at most one SERVICE")
@@ -97,6 +99,17 @@ def handle_deploy(rt: Runtime, user: str, text: str) -> dict[str, Any]:
     reply = ephemeral(f":memo: Deploy #{d['id']} of {d['service']} {d['version']} to {d['env']} requested: "
                       f"its card is in <#{d['channel']}>, where approvers approve it and the thread follows every step.")
     return {**reply, "deploy_id": d["id"]}
+
+
+def dashboard_link_reply(rt: Runtime, user: str) -> dict[str, Any]:
+    """A one-time sign-in link for the web dashboard, for `user` only (ephemeral)."""
+    from bot.dashboard import signin_url
+    from commands.dashboard import issue_link
+
+    token = issue_link(rt.cfg, rt.store, user, now=rt.now())
+    minutes = int(rt.cfg.dashboard.link_ttl.total_seconds() // 60) or 1
+    return ephemeral(f":key: <{signin_url(rt, token)}|Open the deploy dashboard>: this link signs you in once, "
+                     f"within {minutes} min. Do not share it; type `/deploy dashboard` again for a new one.")
 
 
 def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:

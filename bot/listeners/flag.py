@@ -19,7 +19,7 @@ from bot.listeners.text import ParseError, parse_id, split_args
 from bot.runtime import Runtime, user_timezone
 from bot.views import flags as views
 from bot.views.common import ephemeral, usage_reply
-from commands.flags import Change, FlagBook, FlagError, Scope, Unchanged, check_key
+from commands.flags import Applied, Change, FlagBook, FlagError, Scope, Unchanged, check_key
 from commands.freezes import current_calendar
 
 log = logging.getLogger("recess.flags")
@@ -173,10 +173,19 @@ def change(rt: Runtime, book: FlagBook, user: str, cmd: FlagCommand, command: st
         arm(rt, scheduled.id, scheduled.run_at)
         rt.outbox.post(channel, *views.scheduled_announcement(scheduled))
         return views.scheduled_reply(scheduled, user_timezone(rt, user), now)
-    applied = book.apply(wanted, actor=user, policy=rt.policy, cfg=rt.cfg, command=command, now=now, note=cmd.note)
-    rt.outbox.post(channel, *views.change_announcement(applied))
-    announce_flag_change(rt, applied)
+    applied = apply_change(rt, user, wanted, command, note=cmd.note)
     return views.change_reply(applied, channel)
+
+
+def apply_change(rt: Runtime, user: str, wanted: Change, command: str, *, note: str | None = None) -> Applied:
+    """A flag change now, as `/flag` makes it: policy, write and audit (FlagBook.apply), then the
+    announcement in the deploy channel and the `flag.changed` webhook. The dashboard's toggles call
+    this too. Raises FlagError."""
+    book = FlagBook.for_store(rt.store)
+    applied = book.apply(wanted, actor=user, policy=rt.policy, cfg=rt.cfg, command=command, now=rt.now(), note=note)
+    rt.outbox.post(rt.cfg.bot.channel, *views.change_announcement(applied))
+    announce_flag_change(rt, applied)
+    return applied
 
 
 def announce_flag_change(rt: Runtime, applied: Any) -> None:

@@ -27,7 +27,8 @@ from commands.windows import format_local
 from storage import deploys as rows
 
 DEPLOY_USAGE = """/deploy SERVICE VERSION [ENV] [--now REASON] [--canary 10,50] [--contract]
-/deploy history [SERVICE]"""
+/deploy history [SERVICE]
+/deploy dashboard                 a one-time link that signs you in to the web dashboard"""
 ROLLBACK_USAGE = "/rollback SERVICE [ENV]"
 
 STATUS_ICON = {

@@ -59,10 +59,13 @@ class SlackSender:
     def action_body(self, action_id: str, value: str, *, user: str, message_ts: str | None = "1800000001.000100",
                     channel: str = "C0DEPLOYS", block_id: str = "b", ephemeral: bool = False,
                     message: dict[str, Any] | None = None, button: dict[str, Any] | None = None,
-                    user_name: str | None = None, response_url: str | None = None) -> str:
+                    user_name: str | None = None, response_url: str | None = None,
+                    selected: str | None = None, home: bool = False) -> str:
         """A button click (`block_actions`). `message` is the clicked message as Slack holds it
         (a stub by default); with `ephemeral`, the click is on a message only the clicker saw, and
-        Slack sends no `message`. `button` adds the element's text and style, as Slack does."""
+        Slack sends no `message`. `button` adds the element's text and style, as Slack does.
+        `selected` makes it a choice in a radio-buttons or select element (its `selected_option`),
+        and `home` a click on the App Home tab (a view container, no message, no response URL)."""
         if ephemeral or not message_ts:
             shown = None
         else:
@@ -72,6 +75,10 @@ class SlackSender:
         for key in ("text", "style"):
             if button and button.get(key):
                 action[key] = button[key]
+        if selected is not None:
+            action = {"type": "radio_buttons", "action_id": action_id, "block_id": block_id,
+                      "selected_option": {"value": selected, "text": {"type": "plain_text", "text": selected}},
+                      "action_ts": action["action_ts"]}
         payload: dict[str, Any] = {
             "type": "block_actions",
             "team": {"id": self.team_id},
@@ -86,6 +93,11 @@ class SlackSender:
         }
         if shown is not None:
             payload["message"] = shown
+        if home:
+            for key in ("message", "channel", "response_url"):
+                payload.pop(key, None)
+            payload["container"] = {"type": "view", "view_id": "V0HOME"}
+            payload["view"] = {"id": "V0HOME", "type": "home", "blocks": []}
         return urllib.parse.urlencode({"payload": json.dumps(payload)})
 
     def event_body(self, event: dict[str, Any], *, event_id: str = "Ev1") -> str:
