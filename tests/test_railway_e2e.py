@@ -208,3 +208,39 @@ def test_config_check_names_an_unset_token_variable(railway, tmp_path, monkeypat
     ok = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "config", "check"],
                         capture_output=True, text=True, env={**env, "RAILWAY_TOKEN": PROJECT_TOKEN}, timeout=60)
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.e2e
+def test_a_bot_killed_mid_deploy_follows_the_railway_deployment_to_its_end_after_restart(railway, slack, tmp_path):
+    from storage.db import Store
+    from tests.test_crash_recovery import Bot, wait_for
+
+    config = write_config(tmp_path, service_config(railway, tmp_path), base=base())
+    store = Store(config.parent / "recess.db")
+    rows.insert(store, service="core", env="staging", version="v1", requester=ENGINEER, status="succeeded",
+                traffic_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+    railway.tick = 0  # the deployment stays where it is while no one is driving
+    bots = [Bot(config, slack.api_url, crash_at="health")]
+    try:
+        try:
+            bots[0].sender.command("/deploy", "core v2 staging", user=ENGINEER)
+        except httpx.HTTPError:
+            pass  # the bot may die before it answers: the request is stored before the pipeline starts
+        wait_for(lambda: bots[0].proc.poll() is not None, what="the bot to be killed at the health step")
+        deployment = railway.instances[(SERVICE_ID, STAGING)].deployments[-1]
+        assert railway.status_of(deployment) in ("INITIALIZING", "BUILDING")
+        assert rows.get(store, 2)["status"] == "running"
+        railway.tick = 5  # from now on the deployment advances as recess polls it (every 2 s)
+        bots.append(Bot(config, slack.api_url))
+        final = wait_for(lambda: (rows.get(store, 2) or {}).get("status") in ("failed", "succeeded", "needs_attention")
+                         and rows.get(store, 2), timeout=120, what="recovery to finish the deploy")
+    finally:
+        for b in bots:
+            b.stop()
+    assert final["status"] == "succeeded"
+    text = thread(slack)
+    assert f"Railway deployment {deployment.id} of v2 is still" in text and "following it to its end" in text
+    assert "Railway finished the deployment of v2 and moved traffic to it" in text
+    assert public_version(railway) == "v2"
+    assert railway.root_fields().count("serviceInstanceDeployV2") == 1  # nothing ran twice
+    assert railway.refused == []
