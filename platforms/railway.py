@@ -111,6 +111,7 @@ class RailwayClient:
         self.http = httpx.Client(timeout=timeout, transport=transport)
         self.calls = 0  # GraphQL requests sent (retries included), for the benchmark
         self.waited = 0.0  # seconds spent waiting out rate limits and backoff
+        self.api_seconds = 0.0  # seconds spent waiting for Railway's answers (the benchmark subtracts them)
         self._not_before = 0.0  # monotonic instant before which no request is sent (X-RateLimit-Remaining: 0)
         self._lock = threading.Lock()
 
@@ -144,9 +145,11 @@ class RailwayClient:
                 log.warning("Railway rate limit: waiting %.0f s before %s", gap, what)
                 self._wait(gap)
             self.calls += 1
+            sent_at = time.perf_counter()
             try:
                 resp = self.http.post(self.api_url, json=body, headers=headers)
             except httpx.TransportError as exc:
+                self.api_seconds += time.perf_counter() - sent_at
                 sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
                 if (mutation and sent) or tries >= len(BACKOFF):
                     raise PlatformError(f"Railway's API did not answer {what}: {type(exc).__name__}"
@@ -155,6 +158,7 @@ class RailwayClient:
                 self._wait(BACKOFF[tries])
                 tries += 1
                 continue
+            self.api_seconds += time.perf_counter() - sent_at
             self._note_limits(resp)
             if resp.status_code == 429:
                 wait = self._retry_after(resp)
@@ -269,6 +273,11 @@ class RailwayPlatform:
         self.public_url = rw.public_url
         self.last_router_call_seconds: float | None = None
         self.waiting_seconds = 0.0  # time spent sleeping between status polls (the benchmark's "not overhead")
+        self.probe_seconds = 0.0  # time spent waiting for public_url's answers
+        # A SUCCESS seen this recently is not asked again: the bake watch probes public_url every
+        # poll (free) and asks Railway's API only this often, so a 2-minute bake costs 12 queries.
+        self.success_fresh_for = 10.0
+        self._success_at: dict[str, float] = {}
         self._book_lock = threading.Lock()
 
     # -- the slot book: which deployment carries which slot name -------------------------------
@@ -412,13 +421,18 @@ class RailwayPlatform:
         deployment_id = self.deployment_in(slot)
         if deployment_id is None:
             return Health(ok=False, exited=True, detail=f"no Railway deployment in slot {slot}")
+        seen = self._success_at.get(deployment_id)
+        if seen is not None and self.monotonic() - seen < self.success_fresh_for:
+            return Health(ok=True, status=200, detail=f"Railway deployment {deployment_id} is SUCCESS")
         try:
             dep = self.deployment(deployment_id)
         except PlatformError as exc:
             return Health(ok=False, detail=str(exc))
         status = dep["status"]
         if status == "SUCCESS":
+            self._success_at = {deployment_id: self.monotonic()}
             return Health(ok=True, status=200, detail=f"Railway deployment {deployment_id} is SUCCESS")
+        self._success_at.pop(deployment_id, None)
         if status in IN_PROGRESS:
             return Health(ok=False, detail=f"Railway deployment {deployment_id} is {status}")
         if status in ENDED_BADLY:
@@ -509,10 +523,13 @@ class RailwayPlatform:
 
     def probe_public(self) -> Health:
         url = f"{self.public_url}{self.spec.health_path}"
+        sent_at = time.perf_counter()
         try:
             resp = httpx.get(url, timeout=5.0, follow_redirects=False)
         except httpx.HTTPError as exc:
             return Health(ok=False, detail=f"{url}: {type(exc).__name__}")
+        finally:
+            self.probe_seconds += time.perf_counter() - sent_at
         return Health(ok=resp.status_code == 200, status=resp.status_code, detail=f"{url} answered {resp.status_code}")
 
     def router_stats(self) -> dict[str, RouterStats]:
