@@ -152,7 +152,10 @@ class Pipeline:
             return
         self.d.running_here.add(self.id)
         try:
-            self._run()
+            from commands.railway import waits_told
+
+            with waits_told(self.d, *self.where, self.say):  # Railway: rate-limit waits in the thread
+                self._run()
         except Exception as exc:  # a store error, a bug: bring traffic to a known state and say so
             log.exception("deploy %s: the pipeline failed outside a step", self.id)
             self.guard(f"{type(exc).__name__}: {exc}")

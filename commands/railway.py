@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from platforms.base import Platform, PlatformError
@@ -46,6 +48,24 @@ def preflight_problems(cfg: Config) -> list[str]:
                 out.append(f"services.{name}.railway.token_env: the variable {spec.railway.token_env} is not set "
                            f"(a Railway {spec.railway.token_kind} token)")
     return out
+
+
+@contextmanager
+def waits_told(d: Deployer, service: str, env: str, say: Callable[[str], None]) -> Iterator[None]:
+    """While a deploy runs on Railway, every rate-limit wait is said in its thread."""
+    client = None
+    try:
+        client = getattr(d.platform_for(service, env), "client", None)
+    except Exception:  # the platform cannot even be made: the pipeline says why at its first step
+        client = None
+    if client is None or not hasattr(client, "on_wait"):
+        yield
+        return
+    client.on_wait = lambda text: say(f":hourglass_flowing_sand: {text}")
+    try:
+        yield
+    finally:
+        client.on_wait = None
 
 
 def started_note(platform: Platform, row: dict[str, Any], green: str) -> str:

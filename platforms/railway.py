@@ -112,6 +112,8 @@ class RailwayClient:
         self.calls = 0  # GraphQL requests sent (retries included), for the benchmark
         self.waited = 0.0  # seconds spent waiting out rate limits and backoff
         self.api_seconds = 0.0  # seconds spent waiting for Railway's answers (the benchmark subtracts them)
+        # Told about every rate-limit wait, in words (the pipeline posts it in the deploy's thread).
+        self.on_wait: Callable[[str], None] | None = None
         self._not_before = 0.0  # monotonic instant before which no request is sent (X-RateLimit-Remaining: 0)
         self._lock = threading.Lock()
 
@@ -122,6 +124,13 @@ class RailwayClient:
         if self.token_kind == "account":
             return {"Authorization": f"Bearer {token}"}
         return {"Project-Access-Token": token}
+
+    def _tell(self, text: str) -> None:
+        if self.on_wait is not None:
+            try:
+                self.on_wait(text)
+            except Exception:  # a thread line is never worth failing a deploy for
+                log.exception("could not tell about a Railway rate-limit wait")
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
@@ -143,6 +152,7 @@ class RailwayClient:
                     raise PlatformError(f"Railway's rate limit did not lift within {self.rate_limit_wait:.0f} s ({what})")
                 limited += gap
                 log.warning("Railway rate limit: waiting %.0f s before %s", gap, what)
+                self._tell(f"Railway's API rate limit is used up: waiting {gap:.0f} s for it to reset before {what}")
                 self._wait(gap)
             self.calls += 1
             sent_at = time.perf_counter()
@@ -167,6 +177,8 @@ class RailwayClient:
                                         f"{self.rate_limit_wait:.0f} s recess waits ({what})")
                 limited += wait
                 log.warning("Railway API: rate limited on %s, waiting %.0f s (Retry-After)", what, wait)
+                self._tell(f"Railway's API rate limit: waiting {wait:.0f} s, as Railway asked, before {what}; "
+                           f"the deploy goes on after")
                 self._wait(wait)
                 continue
             if resp.status_code >= 500:

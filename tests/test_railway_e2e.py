@@ -169,6 +169,7 @@ def test_a_rate_limited_deploy_waits_and_goes_live(server, slack, railway):
     srv.command("/deploy", "core v2 staging")
     slack.wait_for(lambda s: "*core v2* is live in staging" in thread(s), timeout=60)
     assert railway.root_fields().count("<429>") == 3
+    assert "Railway's API rate limit: waiting 1 s, as Railway asked" in thread(slack)
     assert rows.get(srv.rt.store, 2)["status"] == "succeeded"
 
 
