@@ -184,6 +184,20 @@ def test_a_bad_token_fails_the_deploy_in_words_changes_nothing_and_is_never_show
     assert public_version(railway) == "v1"
 
 
+def test_a_graphql_error_fails_the_deploy_at_its_step_in_railways_words_and_nothing_else_changes(server, slack, railway):
+    srv = server()
+    railway.refuse("serviceInstanceDeployV2", "You do not have permission to deploy this service")
+    srv.command("/deploy", "core v2 staging")
+    slack.wait_for(lambda s: "deploy #2 of v2 failed" in thread(s), timeout=60)
+    text = thread(slack)
+    assert ("*start_green* failed" in text and "Railway answered serviceInstanceDeployV2 with an error: "
+            "You do not have permission to deploy this service" in text)
+    assert len(railway.instances[(SERVICE_ID, STAGING)].deployments) == 1  # no deployment was made
+    assert public_version(railway) == "v1"
+    steps = [s["name"] for s in rows.steps(srv.rt.store, 2)]
+    assert steps[-1] == "start_green" and "migrate" not in steps
+
+
 def test_canary_on_railway_is_refused_at_deploy_and_nothing_is_stored(server, slack, railway):
     srv = server()
     text = reply_text(srv.command("/deploy", "core v2 staging --canary 10,50"))

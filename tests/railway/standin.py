@@ -123,6 +123,7 @@ class RailwayStandIn:
         self.refused: list[dict[str, Any]] = []  # requests that failed validation
         self._limited: list[float] = []  # Retry-After of each coming 429
         self._errors_5xx = 0
+        self._refusals: dict[str, str] = {}
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self.api = _serve(self._api_handler())
@@ -187,6 +188,12 @@ class RailwayStandIn:
         """The next `count` GraphQL requests answer 429 with Retry-After (and X-RateLimit-*)."""
         with self._lock:
             self._limited.extend([retry_after] * count)
+
+    def refuse(self, root_field: str, message: str) -> None:
+        """Every later request for `root_field` gets a GraphQL error with `message` (a permission
+        Railway denies, a service it does not know)."""
+        with self._lock:
+            self._refusals[root_field] = message
 
     def fail_5xx(self, count: int) -> None:
         with self._lock:
@@ -380,6 +387,9 @@ class RailwayStandIn:
                         or headers.get("authorization") == f"Bearer {self.tokens['account']}")
             if not token_ok:
                 return 200, {"data": None, "errors": [{"message": "Not Authorized"}]}, limits
+            denied = [self._refusals[f] for f in fields if f in self._refusals]
+            if denied:
+                return 200, {"data": None, "errors": [{"message": m} for m in denied]}, limits
             result = execute(railway_schema(), doc, root_value=self._root(), variable_values=variables)
             out: dict[str, Any] = {"data": result.data}
             if result.errors:
