@@ -44,7 +44,9 @@ def preflight(cfg: Config) -> list[str]:
     railway = preflight_problems(cfg)
     if railway:
         raise ConfigError("\n".join(f"{cfg.source}: {p}" for p in railway))
-    warnings = []
+    from commands.railway import preflight_warnings
+
+    warnings = preflight_warnings(cfg)
     if not cfg.access.deployers:
         for name, env in cfg.environments.items():
             if env.respect_windows:

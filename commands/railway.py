@@ -68,6 +68,17 @@ def waits_told(d: Deployer, service: str, env: str, say: Callable[[str], None]) 
         client.on_wait = None
 
 
+def preflight_warnings(cfg: Config) -> list[str]:
+    """Things that work but surprise: a health_timeout shorter than a Railway deployment takes."""
+    out = []
+    for name, spec in cfg.services.items():
+        if spec.platform == "railway" and spec.health_timeout.total_seconds() < 300:
+            out.append(f"{cfg.source}: services.{name}.health_timeout is {spec.health_timeout.total_seconds():.0f} s; "
+                       f"on Railway it counts from the deploy call, through the build or image pull and Railway's "
+                       f"own healthcheck (300 s by default): consider \"10m\"")
+    return out
+
+
 def started_note(platform: Platform, row: dict[str, Any], green: str) -> str:
     """start_green's line: the new deployment's ID and the one serving before (kept in SQLite
     with the step, so the thread and the history say which Railway deployments a deploy moved)."""

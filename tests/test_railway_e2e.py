@@ -30,6 +30,8 @@ STAGING = "env-staging"
 
 SMOKE = """\
 import os, sys, httpx
+if "RAILWAY_TOKEN" in os.environ:
+    sys.exit("smoke: the Railway token reached the smoke test")
 if os.path.exists(os.path.join(os.path.dirname(__file__), "smoke-fails")):
     sys.exit("smoke: told to fail")
 answer = httpx.get(os.environ["RECESS_BASE_URL"] + "/api/v1/health").json()
@@ -223,6 +225,7 @@ def test_config_check_names_an_unset_token_variable(railway, tmp_path, monkeypat
     ok = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "config", "check"],
                         capture_output=True, text=True, env={**env, "RAILWAY_TOKEN": PROJECT_TOKEN}, timeout=60)
     assert ok.returncode == 0, ok.stderr
+    assert "services.core.health_timeout is 60 s" in ok.stderr  # a warning: Railway deployments take longer
 
 
 @pytest.mark.e2e
