@@ -155,7 +155,7 @@ def test_rollback_by_hand_redeploys_the_retained_deployment_and_reports_seconds(
     assert railway.root_fields().count("deploymentRollback") == 1
 
 
-def test_after_railways_retention_the_rollback_preview_says_it_is_not_possible_there(server, slack, railway):
+def test_after_railways_retention_rollback_is_not_possible_there_and_the_image_is_redeployed_instead(server, slack, railway):
     srv = server()
     srv.command("/deploy", "core v2 staging")
     slack.wait_for(lambda s: "*core v2* is live in staging" in thread(s), timeout=60)
@@ -163,6 +163,11 @@ def test_after_railways_retention_the_rollback_preview_says_it_is_not_possible_t
     preview = json.dumps(srv.command("/rollback", "core staging").json()["blocks"])
     assert "not possible on Railway any more" in preview
     assert "ghcr.io/district/core:v1 through the pipeline" in preview
+    srv.click("rollback_start", 2, user=ENGINEER, message_ts="1.2")
+    slack.wait_for(lambda s: "*core v1* is live in staging" in thread(s), timeout=60)
+    assert public_version(railway) == "v1"
+    assert "deploymentRollback" not in railway.root_fields()  # a fresh deployment of the image, not a rollback
+    assert railway.instances[(SERVICE_ID, STAGING)].deployments[-1].meta == {"image": "ghcr.io/district/core:v1"}
 
 
 def test_a_rate_limited_deploy_waits_and_goes_live(server, slack, railway):
