@@ -39,13 +39,13 @@ sys.exit(0 if answer["version"] == os.environ["RECESS_VERSION"] else f"smoke: pu
 """
 
 
-def service_config(railway: RailwayStandIn, tmp_path) -> str:  # noqa: ANN001
+def service_config(railway: RailwayStandIn, tmp_path, health_timeout: str = "60s") -> str:  # noqa: ANN001
     (tmp_path / "smoke.py").write_text(SMOKE)
     return textwrap.dedent(f"""
         [services.core]
         platform = "railway"
         health_path = "/api/v1/health"
-        health_timeout = "60s"
+        health_timeout = "{health_timeout}"
         smoke = "{sys.executable} smoke.py"
 
         [services.core.railway]
@@ -72,8 +72,8 @@ def railway(monkeypatch):
 
 @pytest.fixture
 def server(server_factory, railway, tmp_path):
-    def make(bake: str = "0s"):  # noqa: ANN202
-        srv = server_factory(service_config(railway, tmp_path), base=base(bake))
+    def make(bake: str = "0s", health_timeout: str = "60s"):  # noqa: ANN202
+        srv = server_factory(service_config(railway, tmp_path, health_timeout), base=base(bake))
         srv.rt.extras["platform_factory"] = lambda cfg, service, env: RailwayPlatform(
             service, env, cfg.services[service], cfg.state_dir / f"{service}.{env}", poll_interval=0.05)
         rows.insert(srv.rt.store, service="core", env="staging", version="v1", requester=ENGINEER, status="succeeded",
@@ -117,6 +117,17 @@ def test_a_failed_healthcheck_fails_the_deploy_with_the_deployment_id_and_v1_kee
     assert "traffic stayed on blue (v1)" in text.lower()
     assert public_version(railway) == "v1" and rows.get(srv.rt.store, 2)["status"] == "failed"
     assert "deploymentRollback" not in railway.root_fields()  # nothing to undo: Railway never handed over
+
+
+def test_a_deployment_still_building_at_health_timeout_is_cancelled_and_v1_keeps_serving(server, slack, railway):
+    srv = server(health_timeout="2s")
+    railway.tick = 0  # Railway never gets past INITIALIZING
+    srv.command("/deploy", "core v2 staging")
+    slack.wait_for(lambda s: "deploy #2 of v2 failed" in thread(s), timeout=60)
+    stuck = railway.instances[(SERVICE_ID, STAGING)].deployments[-1]
+    assert "did not answer 200 within 2.0 s" in thread(slack) and f"Railway deployment {stuck.id} is INITIALIZING" in thread(slack)
+    assert "deploymentCancel" in railway.root_fields() and railway.status_of(stuck) == "REMOVED"
+    assert public_version(railway) == "v1"
 
 
 def test_a_crash_during_the_bake_rolls_back_automatically_to_the_retained_deployment(server, slack, railway):
