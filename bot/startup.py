@@ -40,7 +40,14 @@ def preflight(cfg: Config) -> list[str]:
             raise ConfigError(f"{cfg.source}: services with `migrations` need the squawk linter: {exc}") from None
     if any(s.platform == "local" for s in cfg.services.values()) and not shutil.which("haproxy"):
         raise ConfigError(f"{cfg.source}: services with platform 'local' need HAProxy: apt-get install haproxy")
-    warnings = []
+    from commands.railway import preflight_problems
+
+    railway = preflight_problems(cfg)
+    if railway:
+        raise ConfigError("\n".join(f"{cfg.source}: {p}" for p in railway))
+    from commands.railway import preflight_warnings
+
+    warnings = preflight_warnings(cfg)
     if not cfg.access.deployers:
         for name, env in cfg.environments.items():
             if env.respect_windows:

@@ -410,6 +410,72 @@ class DockerPlatform(Strict):
         return v
 
 
+def _railway_id(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}", v):
+        raise ValueError(f"expected a Railway ID like '7c0e1f4e-...' (copy it from the service's settings), got {v!r}")
+    return v
+
+
+def _http_url(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s]*)?", v):
+        raise ValueError(f"expected an http:// or https:// URL, got {v!r}")
+    return v.rstrip("/")
+
+
+RailwayId = Annotated[str, BeforeValidator(_railway_id)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+RAILWAY_API = "https://backboard.railway.com/graphql/v2"
+
+
+class RailwayPlatform(Strict):
+    """[services.NAME.railway]: the service on Railway that recess deploys through its GraphQL API."""
+
+    project_id: RailwayId
+    service_id: RailwayId
+    environments: dict[str, RailwayId]  # recess environment -> Railway environment ID
+    image: Annotated[str, BeforeValidator(_image)] | None = None  # deploys IMAGE:VERSION; else VERSION is a commit SHA
+    public_url: HttpUrl
+    token_env: str = "RAILWAY_TOKEN"
+    token_kind: Literal["project", "account"] = "project"
+    api_url: HttpUrl = RAILWAY_API
+    # Run by Railway before the new deployment starts (its pre-deploy command), e.g. "bin/migrate".
+    migrate: str | None = None
+    # How often recess asks Railway about a deployment; never more often than every 2 s.
+    poll_interval: Duration = dt.timedelta(seconds=2)
+    # The longest recess waits out one rate limit (Retry-After) before the step fails.
+    rate_limit_wait: Duration = dt.timedelta(minutes=5)
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, v: str) -> str:
+        if not VARIABLE_NAME.fullmatch(v):
+            raise ValueError(f"expected the name of an environment variable like 'RAILWAY_TOKEN', got {v!r}")
+        return v
+
+    @field_validator("environments")
+    @classmethod
+    def _some(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("expected a Railway environment ID for each recess environment, like "
+                             "{ production = \"ENV-ID\" }")
+        return v
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll(cls, v: dt.timedelta) -> dt.timedelta:
+        if v.total_seconds() < 2:
+            raise ValueError(f"expected 2s or more (Railway's API allows a few thousand requests an hour), "
+                             f"got {format_duration(v)}")
+        return v
+
+    @field_validator("migrate")
+    @classmethod
+    def _migrate(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("expected a command like \"bin/migrate\", got an empty string")
+        return v
+
+
 class MigrationRunner(Strict):
     lock_timeout: Duration = dt.timedelta(seconds=5)
     statement_timeout: Duration = dt.timedelta(minutes=15)
@@ -434,7 +500,7 @@ def _check_variable(name: str, key: str) -> None:
 
 
 class Service(Strict):
-    platform: Literal["local", "command", "docker"]
+    platform: Literal["local", "command", "docker", "railway"]
     health_path: str = "/health"
     health_timeout: Duration = dt.timedelta(seconds=60)
     smoke: str | None = None
@@ -446,6 +512,7 @@ class Service(Strict):
     local: LocalPlatform | None = None
     command: CommandPlatform | None = None
     docker: DockerPlatform | None = None
+    railway: RailwayPlatform | None = None
     # A shell command that builds the version before start_green (platforms other than docker, which
     # builds from [services.NAME.docker] build), run in the config's folder with the RECESS_* values.
     build: str | None = None
@@ -497,6 +564,9 @@ class Service(Strict):
             raise ValueError("platform 'command' needs a [services.NAME.command] table")
         if self.platform == "docker" and self.docker is None:
             raise ValueError("platform 'docker' needs a [services.NAME.docker] table")
+        if self.platform == "railway" and self.railway is None:
+            raise ValueError("platform 'railway' needs a [services.NAME.railway] table with project_id, "
+                             "service_id, environments and public_url")
         if self.platform == "docker" and self.build is not None:
             raise ValueError("build: expected no shell command on a docker service: it builds from "
                              "[services.NAME.docker] build = { context = ... }")
@@ -621,6 +691,11 @@ class Config(Strict):
                         f"services.{name}.environments: {env!r} is not one of "
                         f"{', '.join(self.environments)}"
                     )
+            if svc.railway is not None and svc.platform == "railway":
+                for env in svc.environments or self.environments:
+                    if env not in svc.railway.environments:
+                        raise ValueError(f"services.{name}.railway.environments: no Railway environment ID for "
+                                         f"{env!r} (add {env} = \"ENV-ID\", or list the service's environments)")
             for var, value in svc.env.items():
                 if any(key and key in value for key in self.flags.api_keys):
                     raise ValueError(f"services.{name}.env.{var}: expected no OFREP key: its value holds one of "

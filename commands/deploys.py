@@ -158,6 +158,11 @@ class Deployer:
         decision = self.policy.can_deploy(actor)
         if not decision:
             raise DeployError(decision.reason)
+        from commands.railway import request_problem
+
+        problem = request_problem(self.cfg, service, env, canary=canary)  # Railway: no canary, a token
+        if problem:
+            raise DeployError(problem)
         if canary is not None:
             if not canary or any(not 0 < p < 100 for p in canary) or canary != sorted(set(canary)):
                 raise DeployError("`--canary` takes rising percentages between 1 and 99, like `--canary 10,50`")

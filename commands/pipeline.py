@@ -46,6 +46,19 @@ OUTPUT_LIMIT = 1500
 __all__ = ["STEPS", "AutoRollback", "DeployTimeout", "Pipeline", "StepFailed", "crash_point", "end_attention"]
 
 
+def hands_over(platform: Platform) -> bool:
+    """A platform that moves traffic itself once the new version is healthy, with no router
+    recess flips (Railway: platforms/railway.py). The pipeline, rollback and recovery consult this
+    at a few marked points; everything else is the same protocol."""
+    return bool(getattr(platform, "hands_over", False))
+
+
+def poll_interval(platform: Platform, default: float) -> float:
+    """How often a step asks the platform again: never faster than the platform allows."""
+    every = getattr(platform, "poll_interval", None)
+    return max(default, every) if isinstance(every, int | float) else default
+
+
 class StepFailed(Exception):
     def __init__(self, message: str, output: str = "") -> None:
         super().__init__(message)
@@ -139,7 +152,10 @@ class Pipeline:
             return
         self.d.running_here.add(self.id)
         try:
-            self._run()
+            from commands.railway import waits_told
+
+            with waits_told(self.d, *self.where, self.say):  # Railway: rate-limit waits in the thread
+                self._run()
         except Exception as exc:  # a store error, a bug: bring traffic to a known state and say so
             log.exception("deploy %s: the pipeline failed outside a step", self.id)
             self.guard(f"{type(exc).__name__}: {exc}")
@@ -293,6 +309,10 @@ class Pipeline:
         # The version kept from an earlier deploy gives way: the door drains it, then replaces it.
         self.door.start(*self.where, green, self.row["version"], owner=self.id)
         self.green_started = self.d.monotonic()
+        if hands_over(self.platform):  # Railway: the thread names the deployments (commands/railway.py)
+            from commands.railway import started_note
+
+            return started_note(self.platform, self.row, green)
         return f"{self.row['version']} started in slot {green}"
 
     def migrate(self, green: str) -> str:
@@ -301,6 +321,8 @@ class Pipeline:
         has_command = getattr(getattr(self.svc, self.svc.platform), "migrate", None)
         if self.row["kind"] == "rollback":
             return "skipped: a rollback returns to a version whose migrations already ran"
+        if hands_over(self.platform):  # Railway runs them as the deployment's pre-deploy command
+            return self.platform.migration_note(self.row["version"])  # type: ignore[attr-defined]
         if not has_command:
             return "skipped: no migrate command"
         run = lint.run_migrations(
@@ -326,6 +348,8 @@ class Pipeline:
             health = self.platform.health(green)
             if health.ok:
                 return f"{self.svc.health_path} answered 200 after {polls} {'poll' if polls == 1 else 'polls'}"
+            if health.exited and hands_over(self.platform):
+                raise StepFailed(f"{health.detail}; Railway keeps the previous deployment serving")
             if health.exited:
                 raise StepFailed(f"green exited before it was healthy ({health.detail})")
             if self.d.monotonic() >= deadline:
@@ -333,7 +357,7 @@ class Pipeline:
                 raise StepFailed(f"{self.svc.health_path} did not answer 200 within {format_duration(self.svc.health_timeout)} "
                                  f"of green's start (last: {status} {health.detail})")
             self.check_deadline()
-            self.d.sleep(0.2)
+            self.d.sleep(poll_interval(self.platform, 0.2))
 
     def smoke(self, green: str) -> str:
         if not self.svc.smoke:
@@ -370,6 +394,9 @@ class Pipeline:
         self.d.persist(lambda: audit.record(self.store, actor="recess", command="pipeline", action="traffic.shift",
                                             target=f"deploy:{self.id}", before={"slot": blue},
                                             after={"slot": green, "version": version}))
+        if hands_over(self.platform):
+            return (f"Railway moved 100% of traffic to {version} after its healthcheck passed; recess checked that "
+                    f"its deployment serves")
         via = f" via {' → '.join(notes)}" if notes else ""
         return (f"100% of traffic on {version}{via} (router flip {flip.router_seconds * 1000:.1f} ms, "
                 f"shift call {flip.call_seconds * 1000:.1f} ms)")
@@ -384,8 +411,9 @@ class Pipeline:
         revivals = self.d.router_revivals.get(self.where, 0)
         deadline = self.d.monotonic() + bake
         failures = public_failures = 0
+        every = poll_interval(self.platform, 1.0)
         while self.d.monotonic() < deadline:
-            self.d.sleep(min(1.0, max(0.05, deadline - self.d.monotonic())))
+            self.d.sleep(min(every, max(0.05, deadline - self.d.monotonic())))
             if self.status() != "running":
                 raise AutoRollback("rolled back by hand during the bake")
             self.check_deadline()
@@ -418,6 +446,8 @@ class Pipeline:
         except PlatformError:
             router_up = False
         detail = public.detail if public else "no answer"
+        if hands_over(self.platform):  # no router of recess's in front: Railway's edge answers for it
+            return f"the public address does not answer ({detail})"
         if not router_up:
             return f"the router died: the public address does not answer ({detail})"
         return f"the public address does not answer through the router ({detail})"
@@ -427,6 +457,29 @@ class Pipeline:
             return self.platform.router_stats().get(green)
         except PlatformError:
             return None
+
+    def resume_after_hand_over(self) -> None:
+        """After a restart, once a platform that hands over itself (Railway) finished the
+        deployment recess had started: the steps after the hand-over run, then the deploy ends."""
+        r = self.row
+        self.d.running_here.add(self.id)
+        try:
+            try:
+                self.step("smoke", lambda: self.smoke(r["green_slot"]))
+                self.step("shift", lambda: self.shift(r["blue_slot"], r["green_slot"]))
+                self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
+            except StepFailed as exc:
+                self.abort(r["blue_slot"], r["green_slot"], exc)
+                return
+            except AutoRollback:
+                return
+            started = r["started_at"] or self.d.clock()
+            self.finish((self.d.clock() - started).total_seconds())
+        except Exception as exc:
+            log.exception("deploy %s: the resumed deploy failed outside a step", self.id)
+            self.guard(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.d.running_here.discard(self.id)
 
     def resume_bake(self) -> None:
         """After a restart during `bake`: watch green again for the whole bake time, then finish."""

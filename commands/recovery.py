@@ -24,7 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from commands.pipeline import end_attention
+from commands.pipeline import end_attention, hands_over
 from commands.states import ATTENTION, move
 from commands.traffic import NeedsAttention, TrafficRefused
 from platforms.base import PlatformError, Traffic, format_weights, other_slot
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from commands.deploys import Deployer
 
 log = logging.getLogger("recess.recovery")
+
+# What recover() returns when it handed the deploy to a pipeline thread, which now drives it.
+HANDED_OFF = ("bake resumed", "resumed after Railway's hand-over")
 
 
 def recover_all(d: Deployer) -> list[tuple[int, str]]:
@@ -93,6 +96,28 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
              outcome="the bot restarted before the deploy began; nothing was changed")
         _tell(d, row, "the bot restarted before the deploy began; nothing was changed. Request it again when ready.")
         return "nothing to undo"
+    if hands_over(d.platform_for(service, env)) and not row.get("_followed"):
+        # Railway (commands/railway.py): a deployment still building or deploying is followed to
+        # its end first, on a worker thread (start-up does not wait for it); then decided as below.
+        from commands.railway import follow_in_progress, in_progress
+
+        if in_progress(d, row):
+            d.running_here.add(row["id"])
+
+            def follow_then_decide() -> None:
+                what = "not decided"
+                try:
+                    follow_in_progress(d, row)
+                    what = recover(d, {**row, "_followed": True})
+                except Exception as exc:
+                    log.exception("deploy %s: recovery after following Railway failed", row["id"])
+                    end_attention(d, row, f"recovery failed: {type(exc).__name__}: {exc}", who="recovery of ")
+                finally:
+                    if what not in HANDED_OFF:
+                        d.running_here.discard(row["id"])
+
+            d.run_async(follow_then_decide)
+            return "following Railway's deployment"
     traffic = read_settled(d, service, env)
     if traffic is None:
         end_attention(d, row, f"recovery found the router of {service} in {env} not answering during *{step}*",
@@ -106,6 +131,18 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     green_healthy = green_is_new and d.traffic.probe(platform, green, probes=d.traffic.probes).ok
     reached_switch = step in ("shift", "bake")
     saw = f"weights {format_weights(w)}; {green} runs {green_state.version or 'nothing'}"
+
+    if hands_over(platform) and on_green and green_healthy and row["kind"] == "deploy" and not reached_switch:
+        # Railway handed over on its own while no one watched: smoke, shift's check and bake still run.
+        from commands.pipeline import Pipeline
+
+        d.persist(lambda: audit.record(d.store, actor="recess", command="recovery", action="deploy.recovered",
+                                       target=f"deploy:{row['id']}", after={"result": "resumed after hand-over", "step": step}))
+        _tell(d, row, f"the bot restarted during *{step}*. Railway finished the deployment of {row['version']} and moved "
+                      f"traffic to it after its healthcheck; running the steps after the hand-over (smoke, bake).")
+        d.running_here.add(row["id"])
+        d.run_async(lambda: Pipeline(d, row["id"]).resume_after_hand_over())
+        return "resumed after Railway's hand-over"
 
     bake = d.cfg.environments[env].bake_time.total_seconds()
     if on_green and green_healthy and step == "bake" and row["kind"] == "deploy" and bake > 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from commands.deploys import DeployError, HeldError, new_click_token
+from commands.pipeline import hands_over
 from commands.states import crash_point, move, requester_text
 from commands.traffic import TrafficRefused
 from platforms.base import PlatformError, other_slot
@@ -156,6 +157,9 @@ def fast_flip(d: Deployer, rb_id: int, live: dict[str, Any], p: RollbackPlan, cl
     now = d.clock()
     env = d.cfg.environments[live["env"]]
     outcome = f"traffic back on {p.target} in {flip * 1000:.1f} ms, {since_click:.2f} s after the click"
+    if hands_over(d.platform_for(live["service"], live["env"])):  # Railway: a redeploy of the retained image
+        outcome = (f"{p.target} answers on {d.cfg.services[live['service']].railway.public_url} again "
+                   f"{since_click:.0f} s after the click (Railway redeployed its retained deployment)")
     with d.store.transaction():
         move(d.store, live["id"], ("succeeded", "running"), "rolled_back", outcome=f"rolled back to {p.target} by {requester_text(rows.get(d.store, rb_id))}",
                         finished_at=live["finished_at"] or now)

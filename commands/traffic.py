@@ -190,7 +190,11 @@ class TrafficDoor:
                     flip = self.route(service, env, to=blue, version=blue_version or "", owner=owner, probes=probes)
                 except TrafficRefused as exc:
                     raise NeedsAttention(f"blue cannot take the traffic back: {exc}") from None
-                notes.append(f"traffic back on blue ({blue_version}) in {flip.router_seconds * 1000:.1f} ms")
+                if getattr(platform, "hands_over", False):  # Railway: a rollback deployment, seconds not ms
+                    notes.append(f"Railway rolled back to {blue_version} and it answers again, {flip.call_seconds:.0f} s "
+                                 f"after recess asked")
+                else:
+                    notes.append(f"traffic back on blue ({blue_version}) in {flip.router_seconds * 1000:.1f} ms")
             try:
                 notes.append(self._stop_locked(platform, service, env, green, green_version, owner=owner, drain_timeout=5))
             except TrafficRefused as exc:

@@ -22,6 +22,7 @@ from platforms.base import (
 from platforms.command import CommandPlatform
 from platforms.docker import DockerPlatform
 from platforms.local import LocalPlatform
+from platforms.railway import RailwayPlatform
 
 if TYPE_CHECKING:
     from commands.config import Config
@@ -34,6 +35,7 @@ __all__ = [
     "LocalPlatform",
     "Platform",
     "PlatformError",
+    "RailwayPlatform",
     "Result",
     "RouterStats",
     "SlotState",
@@ -65,4 +67,6 @@ def make_platform(cfg: Config, service: str, env: str) -> Platform:
         return DockerPlatform(service, env, spec, state_dir, workdir=cfg.base_dir)
     if spec.platform == "command":
         return CommandPlatform(service, env, spec, state_dir, workdir=cfg.base_dir)
+    if spec.platform == "railway":
+        return RailwayPlatform(service, env, spec, state_dir)
     raise PlatformError(f"service {service!r}: unknown platform {spec.platform!r}")

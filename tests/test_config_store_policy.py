@@ -40,7 +40,7 @@ def test_missing_keys_take_their_documented_defaults(tmp_path):
     [
         ('[services.web]\nplatform = "local"\n[services.web.local]\nlisten = "8080"\nslots = { blue = "127.0.0.1:1", green = "127.0.0.1:2" }\nrun = "x {port}"',
          "services.web.local.listen: expected HOST:PORT, got '8080'"),
-        ('[services.web]\nplatform = "kubernetes"', "services.web.platform: input should be 'local', 'command' or 'docker'"),
+        ('[services.web]\nplatform = "kubernetes"', "services.web.platform: input should be 'local', 'command', 'docker' or 'railway'"),
         ('[services.web]\nplatform = "local"', "platform 'local' needs a [services.NAME.local] table"),
         ('[[tenants]]\nid = "x"\ntimezone = "Mars/Olympus"', "tenants[2].timezone: expected an IANA timezone"),
         ('[[tenants]]\nid = "y"\ntimezone = "UTC"\nschool_hours = [{ start = "15:00", end = "08:00" }]', "expected end after start"),

@@ -120,12 +120,17 @@ def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
             return ephemeral(f"```{ROLLBACK_USAGE}```")
         if len(args) > 2:
             raise ParseError("`/rollback` takes a SERVICE and an optional ENV")
-        plan = rollbacks.plan(deployer, args[0], args[1] if len(args) == 2 else None, user, check_platform=False)
+        service = args[0]
+        railway = getattr(rt.cfg.services.get(service), "railway", None)
+        # On Railway the preview asks Railway (one GraphQL call) whether it still retains the
+        # previous deployment: only Railway knows when its image retention has passed.
+        plan = rollbacks.plan(deployer, service, args[1] if len(args) == 2 else None, user,
+                              check_platform=railway is not None)
     except HeldError as exc:
         return held_reply(str(exc), exc.holder)
     except (ParseError, DeployError) as exc:
         return usage_reply(str(exc), ROLLBACK_USAGE)
-    return rollback_preview(plan)
+    return rollback_preview(plan, railway=railway)
 
 
 def link_card(rt: Runtime, deploy_id: int, respond: Any, timeout: float = 30.0) -> None:

@@ -227,9 +227,19 @@ def history_reply(deploys: list[dict[str, Any]], service: str | None) -> dict[st
             "blocks": render([section(f"*Last deploys{' of ' + service if service else ''}*"), section("\n".join(lines))])}
 
 
-def rollback_preview(plan: Any) -> dict[str, Any]:
+def rollback_preview(plan: Any, *, railway: Any = None) -> dict[str, Any]:
     live = plan.live
-    if plan.blue_alive:
+    if railway is not None and plan.blue_alive:
+        how = (f"Railway still retains {plan.target}'s deployment: recess asks Railway to roll back to it "
+               f"(deploymentRollback), follows the new deployment to SUCCESS and reports the time, in seconds, "
+               f"from your click until {railway.public_url} answers again (usually tens of seconds: Railway "
+               f"starts it and checks its healthcheck; it is not one router call).")
+    elif railway is not None:
+        again = (f"recess redeploys {railway.image}:{plan.target} through the pipeline instead (minutes)"
+                 if railway.image else f"recess redeploys commit {plan.target} through the pipeline instead (minutes)")
+        how = (f"Rolling back to {plan.target}'s deployment is not possible on Railway any more (its image "
+               f"retention passed, or recess retired it); {again}.")
+    elif plan.blue_alive:
         how = (f"Blue ({plan.target}) is still running in slot {plan.blue_slot} until "
                f"{viewer_time(plan.retire_at) if plan.retire_at else 'it is retired'}: traffic flips back in one router call.")
     else:
