@@ -457,6 +457,30 @@ class Service(Strict):
         return self
 
 
+class Release(Strict):
+    """`[releases.NAME]`: services deployed, switched and rolled back as one (docs/blue-green.md)."""
+
+    # Each a [services.NAME]; the order is the start and switch order (rollback goes in reverse).
+    services: list[str] = Field(min_length=2)
+    # The member whose migrations run before any green starts.
+    migrate_first: str | None = None
+
+    @field_validator("services")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:
+            raise ValueError(f"expected each service once, got {', '.join(twice)} twice")
+        return v
+
+    @model_validator(mode="after")
+    def _first(self) -> Release:
+        if self.migrate_first is not None and self.migrate_first not in self.services:
+            raise ValueError(f"migrate_first: expected one of the release's services ({', '.join(self.services)}), "
+                             f"got {self.migrate_first!r}")
+        return self
+
+
 class Config(Strict):
     bot: BotSection = BotSection()
     access: AccessSection = AccessSection()
@@ -466,6 +490,7 @@ class Config(Strict):
     environments: dict[str, Environment] = {"production": Environment()}
     flags: FlagsSection = FlagsSection()
     services: dict[str, Service] = {}
+    releases: dict[str, Release] = {}
 
     # Set by load_config: the folder relative paths are resolved against, and the file's name.
     base_dir: Path = Path(".")
@@ -493,6 +518,17 @@ class Config(Strict):
                     raise ValueError(f"services.{name}.env.{var}: expected no OFREP key: its value holds one of "
                                      f"[flags] api_keys, and OFREP keys are never passed to a service's processes")
             svc._withheld = tuple(self.flags.api_keys)
+        for name, release in self.releases.items():
+            if not SERVICE_NAME.fullmatch(name):
+                raise ValueError(f"releases.{name}: expected a name of [a-z0-9_-]")
+            if name in self.services:
+                raise ValueError(f"releases.{name}: expected a name no service has: /deploy {name} would not say "
+                                 f"whether it means the release or [services.{name}]")
+            unknown = [s for s in release.services if s not in self.services]
+            if unknown:
+                raise ValueError(f"releases.{name}.services: {', '.join(repr(s) for s in unknown)} "
+                                 f"{'is not a' if len(unknown) == 1 else 'are not'} [services.NAME] "
+                                 f"(known: {', '.join(sorted(self.services)) or 'none'})")
         return self
 
     # -- derived values --------------------------------------------------------------------------
@@ -516,6 +552,10 @@ class Config(Strict):
     def service_environments(self, service: str) -> list[str]:
         svc = self.services[service]
         return list(svc.environments or self.environments)
+
+    def releases_with(self, service: str) -> list[str]:
+        """The releases that have `service` as a member."""
+        return [name for name, r in self.releases.items() if service in r.services]
 
 
 def _location(loc: tuple[Any, ...]) -> str:

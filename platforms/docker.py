@@ -257,6 +257,10 @@ class DockerPlatform:
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
 
+    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[Callable[[], float]]:
+        """The weight change made ready to fire (HAProxyRouter.prepared): releases flip back to back."""
+        return self.router.prepared(weights)
+
     def migrate(self, slot: str, version: str, env: Mapping[str, str]) -> Result:
         """`migrate` as a one-off `ENGINE run --rm` of IMAGE:VERSION with the service's run_args and
         `env` (PGOPTIONS with lock_timeout and statement_timeout)."""

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +204,56 @@ class HAProxyRouter:
                 raise PlatformError(f"HAProxy reports {format_weights(live)} after setting {format_weights(target)}")
         log.info("%s/%s: weights %s (%.2f ms)", self.service, self.env, format_weights(target),
                  self.last_call_seconds * 1000)
+
+    @contextlib.contextmanager
+    def prepared(self, weights: Mapping[str, int]) -> Iterator[Callable[[], float]]:
+        """A weight change made ready to fire: the router's lock held, its state read, the
+        command written and the admin connection open. The body calls the yielded `fire()` (one
+        send and its answer; returns the exchange's seconds) when the moment comes, so several
+        routers can flip back to back (a release). Not fired: nothing changed."""
+        target = checked_weights(weights)
+        if not any(target.values()):
+            raise PlatformError("refusing to set every weight to 0: that routes the service to nothing")
+        with StateLock.at(self._path("router.lock")):
+            self.ensure_running()
+            current = self.weights()
+            order = sorted(SLOTS, key=lambda s: target[s] <= current[s])  # raise before lowering
+            command = (";".join(f"set server {self.backend}/{s} weight {target[s]}" for s in order) + "\n").encode()
+            fired: list[str] = []
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.admin_timeout)
+                sock.connect(str(self.socket_path()))
+            except OSError as exc:
+                raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+
+            def fire() -> float:
+                started = time.perf_counter()
+                try:
+                    sock.sendall(command)
+                    chunks = []
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+                except OSError as exc:
+                    raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+                self.last_call_seconds = time.perf_counter() - started
+                fired.append(b"".join(chunks).decode(errors="replace"))
+                return self.last_call_seconds
+
+            try:
+                yield fire
+            finally:
+                sock.close()
+            if not fired:
+                return
+            if fired[0].strip():
+                raise PlatformError(f"HAProxy refused the weights {format_weights(target)}", output=fired[0].strip())
+            self._save(target)
+            live = self.weights()
+            if live != target:
+                raise PlatformError(f"HAProxy reports {format_weights(live)} after setting {format_weights(target)}")
+        log.info("%s/%s: weights %s (%.2f ms, prepared)", self.service, self.env, format_weights(target),
+                 (self.last_call_seconds or 0) * 1000)
 
     def follow(self, live: Mapping[str, int]) -> None:
         """Someone changed the weights by hand through the runtime API: remember theirs."""

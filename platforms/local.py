@@ -26,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +215,10 @@ class LocalPlatform:
 
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
+
+    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[Callable[[], float]]:
+        """The weight change made ready to fire (HAProxyRouter.prepared): releases flip back to back."""
+        return self.router.prepared(weights)
 
     def migrate(self, slot: str, version: str, env: Mapping[str, str]) -> Result:
         self._check_slot(slot)
