@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -473,12 +474,13 @@ class Release(Strict):
             raise ValueError(f"expected each service once, got {', '.join(twice)} twice")
         return v
 
-    @model_validator(mode="after")
-    def _first(self) -> Release:
-        if self.migrate_first is not None and self.migrate_first not in self.services:
-            raise ValueError(f"migrate_first: expected one of the release's services ({', '.join(self.services)}), "
-                             f"got {self.migrate_first!r}")
-        return self
+    @field_validator("migrate_first")
+    @classmethod
+    def _first(cls, v: str | None, info: ValidationInfo) -> str | None:
+        services = info.data.get("services") or []
+        if v is not None and v not in services:
+            raise ValueError(f"expected one of the release's services ({', '.join(services)}), got {v!r}")
+        return v
 
 
 class Config(Strict):

@@ -40,12 +40,16 @@ log = logging.getLogger("recess.recovery")
 def recover_all(d: Deployer) -> list[tuple[int, str]]:
     """Reconciles every running deploy that no pipeline of this process drives."""
     done = []
+    from commands.releases import recover_release
+
     for row in rows.with_status(d.store, "running"):
         if row["id"] in d.running_here:
             continue
+        if rows.is_member(row) and (rows.get(d.store, row["release_id"]) or {}).get("status") in rows.HOLDING:
+            continue  # a release's members are recovered together, through the release
         t = time.monotonic()
         try:
-            what = recover(d, row)
+            what = recover_release(d, row) if rows.is_release(row) else recover(d, row)
         except Exception as exc:  # never stop start-up: say it loudly, leave traffic alone
             log.exception("recovery of deploy %s failed", row["id"])
             what = f"recovery failed: {type(exc).__name__}: {exc}"

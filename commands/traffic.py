@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from platforms.base import Health, Platform, PlatformError, Traffic, format_weights, other_slot
@@ -53,6 +53,28 @@ class Flip:
     weights: dict[str, int]
     router_seconds: float  # the router's own exchange where the driver measures it
     call_seconds: float  # the whole platform call
+    service: str = ""
+
+
+@dataclass(frozen=True)
+class Move:
+    """One service's part of a flip together (TrafficDoor.route_together)."""
+
+    service: str
+    env: str
+    to: str
+    version: str
+    pct: int = 100
+    owner: int | None = None
+
+
+@dataclass(frozen=True)
+class Together:
+    """What a flip together did: each flip in order, and the spread from the first flip's
+    command sent to the last flip's answer received (how long the services were mixed)."""
+
+    flips: list[Flip]
+    spread_seconds: float
 
 
 @dataclass(frozen=True)
@@ -131,25 +153,74 @@ class TrafficDoor:
 
     # -- moving traffic ------------------------------------------------------------------------
 
+    def _checked_route(self, platform: Platform, service: str, env: str, to: str, version: str, pct: int,
+                       probes: int) -> dict[str, int]:
+        """The weights that send `pct`% to `to`, once the router says `to` runs `version` and it
+        answers healthy; TrafficRefused otherwise. Called under the service's lock."""
+        traffic = self.read(service, env)
+        state = traffic.slot(to)
+        if not state.running or state.version != version:
+            what = f"runs {state.version}" if state.running else "runs nothing"
+            raise TrafficRefused(f"slot {to} {what}, not {version}: traffic stays where it is "
+                                 f"({format_weights(traffic.weights)})", "not_running")
+        health = self.probe(platform, to, probes=probes)
+        if not health.ok:
+            raise TrafficRefused(f"slot {to} ({version}) is not healthy ({health.status or health.detail}): "
+                                 f"traffic stays where it is ({format_weights(traffic.weights)})", "unhealthy")
+        other = other_slot(to)
+        if pct < 100 and not traffic.slot(other).running:
+            raise TrafficRefused(f"a {pct}% canary needs slot {other} serving, and nothing runs there", "not_running")
+        return {to: pct, other: 100 - pct}
+
+    def route_together(self, moves: list[Move], *, probes: int = 1,
+                       between: Callable[[int], None] = lambda i: None) -> Together:
+        """Flips several services at once (a release): every service's lock taken, every router
+        read, every target checked and probed, and every flip prepared (admin connection open,
+        command written) before the first one fires; then the flips fire back to back in the given
+        order. A refusal before the first flip changes nothing. `between(i)` runs after flip i."""
+        with ExitStack() as stack:
+            platforms = {key: stack.enter_context(self.holding(*key))
+                         for key in sorted({(m.service, m.env) for m in moves})}  # one lock order for all
+            ready = []
+            for m in moves:
+                platform = platforms[(m.service, m.env)]
+                try:
+                    weights = self._checked_route(platform, m.service, m.env, m.to, m.version, m.pct, probes)
+                except TrafficRefused as exc:
+                    raise TrafficRefused(f"{m.service}: {exc}", exc.kind) from None
+                prepare = getattr(platform, "prepared_shift", None)
+                if prepare is not None:
+                    fire = stack.enter_context(prepare(weights))
+                else:
+                    def fire(platform: Platform = platform, weights: dict[str, int] = weights) -> float:
+                        started = time.perf_counter()
+                        platform.shift(weights)
+                        return time.perf_counter() - started
+                ready.append((m, weights, fire))
+            flips: list[Flip] = []
+            first = time.perf_counter()
+            for i, (m, weights, fire) in enumerate(ready):
+                started = time.perf_counter()
+                try:
+                    router = fire()
+                except PlatformError as exc:
+                    done = ", ".join(f.service for f in flips) or "none"
+                    raise PlatformError(f"{m.service}: the flip failed ({exc}); already flipped: {done}",
+                                        output=exc.output) from None
+                call = time.perf_counter() - started
+                flips.append(Flip(weights, router if 0 < router <= call else call, call, m.service))
+                between(i)
+            spread = time.perf_counter() - first
+        for m in moves:
+            log.info("%s/%s: traffic %s (together, deploy %s)", m.service, m.env, m.to, m.owner)
+        return Together(flips, spread)
+
     def route(self, service: str, env: str, *, to: str, version: str, pct: int = 100,
               owner: int | None = None, probes: int = 1) -> Flip:
         """Sends `pct`% of traffic to slot `to` (the rest to the other slot), after checking that
         `to` runs `version` and is healthy. With pct < 100 the other slot must be serving now."""
         with self.holding(service, env) as platform:
-            traffic = self.read(service, env)
-            state = traffic.slot(to)
-            if not state.running or state.version != version:
-                what = f"runs {state.version}" if state.running else "runs nothing"
-                raise TrafficRefused(f"slot {to} {what}, not {version}: traffic stays where it is "
-                                     f"({format_weights(traffic.weights)})", "not_running")
-            health = self.probe(platform, to, probes=probes)
-            if not health.ok:
-                raise TrafficRefused(f"slot {to} ({version}) is not healthy ({health.status or health.detail}): "
-                                     f"traffic stays where it is ({format_weights(traffic.weights)})", "unhealthy")
-            other = other_slot(to)
-            if pct < 100 and not traffic.slot(other).running:
-                raise TrafficRefused(f"a {pct}% canary needs slot {other} serving, and nothing runs there", "not_running")
-            weights = {to: pct, other: 100 - pct}
+            weights = self._checked_route(platform, service, env, to, version, pct, probes)
             started = time.perf_counter()
             platform.shift(weights)
             call = time.perf_counter() - started

@@ -163,10 +163,20 @@ def is_member(row: dict[str, Any] | None) -> bool:
     return bool(row) and row.get("release_id") is not None and row["release_id"] != row["id"]
 
 
-def members(store: Store, release_id: int) -> list[dict[str, Any]]:
-    """The member rows of a release, in the release's order (start and switch order)."""
+def members(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """The member rows of a release (or of a release's rollback), in its switch order. A
+    `/rollback SERVICE` of one member on its own also names the release, but is not a member."""
+    kind = "rollback" if parent["kind"] == "rollback" else "deploy"
     return [_typed(r) for r in store.rows(
-        "SELECT * FROM deploys WHERE release_id = ? AND id != ? ORDER BY id", (release_id, release_id))]
+        "SELECT * FROM deploys WHERE release_id = ? AND id != ? AND kind = ? ORDER BY id", (parent["id"], parent["id"], kind))]
+
+
+def solo_rollbacks(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rollbacks of single members of a release, made on their own with `/rollback SERVICE`."""
+    if parent["kind"] != "release":
+        return []
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE release_id = ? AND id != ? AND kind = 'rollback' ORDER BY id", (parent["id"], parent["id"]))]
 
 
 def holding_member(store: Store, services: list[str], env: str) -> dict[str, Any] | None:
