@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from platforms.base import Health, Platform, PlatformError, Traffic, format_weights, other_slot
 
@@ -83,6 +84,21 @@ class Restored:
 
     text: str
     serving: str | None  # the slot that serves afterwards (None: nothing serves, first deploy)
+
+
+class _CallFlip:
+    """A flip for a platform that cannot prepare one (command, railway): its whole shift call."""
+
+    def __init__(self, platform: Platform, weights: dict[str, int]) -> None:
+        self.platform, self.weights, self.seconds = platform, weights, 0.0
+
+    def send(self) -> None:
+        started = time.perf_counter()
+        self.platform.shift(self.weights)
+        self.seconds = time.perf_counter() - started
+
+    def answer(self) -> float:
+        return self.seconds
 
 
 class TrafficDoor:
@@ -189,27 +205,27 @@ class TrafficDoor:
                 except TrafficRefused as exc:
                     raise TrafficRefused(f"{m.service}: {exc}", exc.kind) from None
                 prepare = getattr(platform, "prepared_shift", None)
-                if prepare is not None:
-                    fire = stack.enter_context(prepare(weights))
-                else:
-                    def fire(platform: Platform = platform, weights: dict[str, int] = weights) -> float:
-                        started = time.perf_counter()
-                        platform.shift(weights)
-                        return time.perf_counter() - started
-                ready.append((m, weights, fire))
-            flips: list[Flip] = []
+                flip = stack.enter_context(prepare(weights)) if prepare is not None else _CallFlip(platform, weights)
+                ready.append((m, weights, flip))
+            # Every command goes out before any answer is read: the services are mixed only for
+            # about one router exchange, whatever their number.
             first = time.perf_counter()
-            for i, (m, weights, fire) in enumerate(ready):
-                started = time.perf_counter()
+            sent: list[tuple[Move, dict[str, int], Any]] = []
+            for i, (m, weights, flip) in enumerate(ready):
                 try:
-                    router = fire()
+                    flip.send()
                 except PlatformError as exc:
-                    done = ", ".join(f.service for f in flips) or "none"
+                    for _, _, earlier in sent:
+                        earlier.answer()
+                    done = ", ".join(x.service for x, _, _ in sent) or "none"
                     raise PlatformError(f"{m.service}: the flip failed ({exc}); already flipped: {done}",
                                         output=exc.output) from None
-                call = time.perf_counter() - started
-                flips.append(Flip(weights, router if 0 < router <= call else call, call, m.service))
+                sent.append((m, weights, flip))
                 between(i)
+            flips: list[Flip] = []
+            for m, weights, flip in sent:
+                router = flip.answer()
+                flips.append(Flip(weights, router, router, m.service))
             spread = time.perf_counter() - first
         for m in moves:
             log.info("%s/%s: traffic %s (together, deploy %s)", m.service, m.env, m.to, m.owner)

@@ -65,6 +65,36 @@ class Revival:
     error: str | None = None  # set when it could not be started again
 
 
+class PreparedFlip:
+    """One runtime API exchange split in two: `send()` writes the prepared command on the open
+    connection, `answer()` reads HAProxy's reply and returns the seconds since the send."""
+
+    def __init__(self, sock: socket.socket, command: str) -> None:
+        self.sock = sock
+        self.command = (command + "\n").encode()
+        self.sent_at: float | None = None
+        self.reply: str | None = None
+        self.seconds: float | None = None
+
+    def send(self) -> None:
+        self.sent_at = time.perf_counter()
+        try:
+            self.sock.sendall(self.command)
+        except OSError as exc:
+            raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+
+    def answer(self) -> float:
+        chunks = []
+        try:
+            while chunk := self.sock.recv(65536):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+        self.seconds = time.perf_counter() - (self.sent_at or time.perf_counter())
+        self.reply = b"".join(chunks).decode(errors="replace")
+        return self.seconds
+
+
 class HAProxyRouter:
     """The router in front of one service's two slots, in one environment."""
 
@@ -206,11 +236,12 @@ class HAProxyRouter:
                  self.last_call_seconds * 1000)
 
     @contextlib.contextmanager
-    def prepared(self, weights: Mapping[str, int]) -> Iterator[Callable[[], float]]:
+    def prepared(self, weights: Mapping[str, int]) -> Iterator[PreparedFlip]:
         """A weight change made ready to fire: the router's lock held, its state read, the
-        command written and the admin connection open. The body calls the yielded `fire()` (one
-        send and its answer; returns the exchange's seconds) when the moment comes, so several
-        routers can flip back to back (a release). Not fired: nothing changed."""
+        command written and the admin connection open. The body calls `send()` and then
+        `answer()` on the yielded flip when the moment comes, so several routers flip back to
+        back (a release sends to every router before it reads any answer). Not sent: nothing
+        changed."""
         target = checked_weights(weights)
         if not any(target.values()):
             raise PlatformError("refusing to set every weight to 0: that routes the service to nothing")
@@ -218,36 +249,25 @@ class HAProxyRouter:
             self.ensure_running()
             current = self.weights()
             order = sorted(SLOTS, key=lambda s: target[s] <= current[s])  # raise before lowering
-            command = (";".join(f"set server {self.backend}/{s} weight {target[s]}" for s in order) + "\n").encode()
-            fired: list[str] = []
+            command = ";".join(f"set server {self.backend}/{s} weight {target[s]}" for s in order)
             try:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.settimeout(self.admin_timeout)
                 sock.connect(str(self.socket_path()))
             except OSError as exc:
                 raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
-
-            def fire() -> float:
-                started = time.perf_counter()
-                try:
-                    sock.sendall(command)
-                    chunks = []
-                    while chunk := sock.recv(65536):
-                        chunks.append(chunk)
-                except OSError as exc:
-                    raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
-                self.last_call_seconds = time.perf_counter() - started
-                fired.append(b"".join(chunks).decode(errors="replace"))
-                return self.last_call_seconds
-
+            flip = PreparedFlip(sock, command)
             try:
-                yield fire
+                yield flip
             finally:
                 sock.close()
-            if not fired:
+            if flip.sent_at is None:
                 return
-            if fired[0].strip():
-                raise PlatformError(f"HAProxy refused the weights {format_weights(target)}", output=fired[0].strip())
+            if flip.reply is None:
+                flip.answer()
+            self.last_call_seconds = flip.seconds
+            if (flip.reply or "").strip():
+                raise PlatformError(f"HAProxy refused the weights {format_weights(target)}", output=(flip.reply or "").strip())
             self._save(target)
             live = self.weights()
             if live != target:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ import httpx
 
 from platforms.base import SLOTS, Health, PlatformError, Result, RouterStats, SlotState, Traffic
 from platforms.environment import child_env
-from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, Revival
+from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, PreparedFlip, Revival
 from platforms.hooks import GROUP_KILLED, run_hook
 from platforms.host import StateLock, proc_start, proc_stat, tail, write_atomic
 
@@ -216,7 +216,7 @@ class LocalPlatform:
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
 
-    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[Callable[[], float]]:
+    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[PreparedFlip]:
         """The weight change made ready to fire (HAProxyRouter.prepared): releases flip back to back."""
         return self.router.prepared(weights)
 
