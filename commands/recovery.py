@@ -45,6 +45,9 @@ def recover_all(d: Deployer) -> list[tuple[int, str]]:
     for row in rows.with_status(d.store, "running"):
         if row["id"] in d.running_here:
             continue
+        row = rows.get(d.store, row["id"]) or row
+        if row["status"] != "running":
+            continue  # ended meanwhile: by the recovery of its release, or by its own pipeline
         if rows.is_member(row) and (rows.get(d.store, row["release_id"]) or {}).get("status") in rows.HOLDING:
             continue  # a release's members are recovered together, through the release
         t = time.monotonic()

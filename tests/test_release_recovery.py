@@ -140,6 +140,7 @@ def test_bot_killed_during_a_release_leaves_every_member_on_the_same_side(setup,
         assert m["status"] == status
         assert [s["name"] for s in rows.steps(store, m["id"])].count("start_green") <= 1  # nothing ran twice
     slack.wait_for(lambda s: any("Recovery:" in t for t in s.texts()))
+    assert not [t for t in slack.texts() if "Recovery:" in t and t.startswith("*")]  # members are recovered as one
     assert load.failures == []
 
 
