@@ -48,6 +48,7 @@ from tests.kit.slack import FakeSlackProcess  # noqa: E402
 MEMBERS = ("core", "web", "ai-gateway")
 FINAL = ("succeeded", "failed", "rolled_back", "cancelled", "rejected")
 SPREAD = re.compile(r"first to last flip ([\d.]+) ms")
+SENT = re.compile(r"every command sent within ([\d.]+) ms")
 TARGET_SPREAD = 0.010
 TARGET_CLICK = 1.0
 
@@ -114,6 +115,13 @@ class Bot:
         return sent
 
 
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=20, help="keep-alive clients per service")
@@ -132,7 +140,7 @@ def main() -> None:
     slack = FakeSlackProcess()
     server = RecessProcess(config, slack, tmp / "serve.log")
     loads: list[Load] = []
-    spreads, rollback_spreads, clicks, bot_clicks = [], [], [], []
+    spreads, rollback_spreads, clicks, bot_clicks, sent = [], [], [], [], []
     try:
         server.wait_ready()
         bot = Bot(server, slack, db)
@@ -154,6 +162,8 @@ def main() -> None:
             shift = next((s for s in db.steps(parent) if s["name"] == "shift"), {})
             found = SPREAD.search(shift.get("detail", ""))
             spreads.append(float(found.group(1)) / 1000 if found else float("nan"))
+            within = SENT.search(shift.get("detail", ""))
+            sent.append(float(within.group(1)) / 1000 if within else float("nan"))
             time.sleep(1.0)  # a second of traffic on the new versions
 
             probes = {name: Load(listens[name], clients=1, record=True).start() for name in MEMBERS}
@@ -176,6 +186,8 @@ def main() -> None:
                 raise RuntimeError(f"the rollback of #{parent} ended {rb['status']}: {rb['outcome']}")
             found = SPREAD.search(rb["outcome"] or "")
             rollback_spreads.append(float(found.group(1)) / 1000 if found else float("nan"))
+            within = SENT.search(rb["outcome"] or "")
+            sent.append(float(within.group(1)) / 1000 if within else float("nan"))
             said = re.search(r"([\d.]+) s after the click", rb["outcome"] or "")
             bot_clicks.append(float(said.group(1)) if said else float("nan"))
             slowest = max((s - clicked) if s is not None else float("inf") for s in settled.values())
@@ -195,6 +207,7 @@ def main() -> None:
         cfg = load_config(config)
         for name in MEMBERS:
             make_platform(cfg, name, "production").shutdown()
+    print(f"load average at the end (1/5/15 min): {load_average()}")
     requests = sum(t.total for t in tallies)
     failed = sum(t.failed for t in tallies)
     print()
@@ -205,6 +218,7 @@ def main() -> None:
         print(f"  {name}: {t.total:,} requests, {t.failed} failed" + (f": {t.failures[:3]}" if t.failed else ""))
     print(f"release switch, first to last flip: {spread(spreads, 2)} (target < {TARGET_SPREAD * 1000:.0f} ms)")
     print(f"rollback switch, first to last flip: {spread(rollback_spreads, 2)}")
+    print(f"  of which the bot's share, first to last command sent (both kinds): {spread(sent, 3)}")
     print(f"click to every member on its previous version (slowest member, probe clients): {spread(clicks, 0)} "
           f"(target < {TARGET_CLICK:.0f} s)")
     print(f"  the bot's own click-to-traffic: {spread(bot_clicks, 3, 1.0, ' s')}")

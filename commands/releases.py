@@ -573,7 +573,8 @@ class ReleaseRun:
 
 def flip_report(together: Together) -> str:
     flips = ", ".join(f"{f.service} {f.router_seconds * 1000:.1f} ms" for f in together.flips)
-    return f"{len(together.flips)} flips back to back ({flips}); first to last flip {together.spread_seconds * 1000:.1f} ms"
+    return (f"{len(together.flips)} flips back to back ({flips}); first to last flip {together.spread_seconds * 1000:.1f} ms "
+            f"(every command sent within {together.sent_seconds * 1000:.2f} ms)")
 
 
 # -- rollback -------------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class Together:
 
     flips: list[Flip]
     spread_seconds: float
+    sent_seconds: float = 0.0  # from the first command sent to the last one sent (the bot's share)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class TrafficDoor:
                                         output=exc.output) from None
                 sent.append((m, weights, flip))
                 between(i)
+            sent_within = time.perf_counter() - first
             flips: list[Flip] = []
             for m, weights, flip in sent:
                 router = flip.answer()
@@ -229,7 +231,7 @@ class TrafficDoor:
             spread = time.perf_counter() - first
         for m in moves:
             log.info("%s/%s: traffic %s (together, deploy %s)", m.service, m.env, m.to, m.owner)
-        return Together(flips, spread)
+        return Together(flips, spread, sent_within)
 
     def route(self, service: str, env: str, *, to: str, version: str, pct: int = 100,
               owner: int | None = None, probes: int = 1) -> Flip:
