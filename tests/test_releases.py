@@ -289,3 +289,44 @@ def test_one_approval_runs_the_whole_release_through_every_member(release_server
     assert len(rows.approvers(srv.rt.store, 1)) == 1  # one approval for the whole release
     assert all(f.weights == {"blue": 100, "green": 0} and f.versions["blue"] == "v2" for n, f in fakes.items() if n != "lunch")
     assert fakes["lunch"].calls == []
+
+
+def test_a_flip_together_refused_for_one_member_flips_none_of_them():
+    from commands.traffic import Move, TrafficDoor, TrafficRefused
+
+    fakes = {name: FakePlatform(name, live="v1") for name in MEMBERS}
+    for fake in fakes.values():
+        fake.start("green", "v2")
+    fakes["web"].fail.update({"health": "down", "health_slot": "green"})
+    door = TrafficDoor(lambda service, env: fakes[service], sleep=lambda s: None)
+    with pytest.raises(TrafficRefused) as refused:
+        door.route_together([Move(name, "production", "green", "v2") for name in MEMBERS])
+    assert str(refused.value).startswith("web: slot green (v2) is not healthy")
+    assert all(f.weights == {"blue": 100, "green": 0} for f in fakes.values())
+    assert not any(call[0] == "shift" for f in fakes.values() for call in f.calls)
+    fakes["web"].fail.clear()
+    together = door.route_together([Move(name, "production", "green", "v2") for name in MEMBERS])
+    assert [f.service for f in together.flips] == list(MEMBERS)
+    assert all(f.weights == {"blue": 0, "green": 100} for f in fakes.values())
+
+
+def test_a_release_waits_for_a_member_held_by_its_own_deploy_and_starts_when_it_is_free(release_server, slack):
+    srv = release_server
+    fakes = {name: FakePlatform(name) for name in (*MEMBERS, "lunch")}
+    srv.rt.extras["platform_factory"] = lambda cfg, service, env: fakes[service]
+    held = rows.insert(srv.rt.store, service="web", env="production", version="v9", requester=ENGINEER, status="running",
+                       started_at=AFTER_SCHOOL)
+    srv.rt.extras["deployer"].running_here.add(held)  # driven by "someone": the watchdog leaves it alone
+    srv.command("/deploy", "k12 core=v2 web=v2")
+    srv.rt.outbox.flush()
+    srv.click("deploy_approve", 2, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 2)["card_ts"])
+    parent = wait_status(srv, 2, ("approved",))
+    assert rows.members(srv.rt.store, parent) == []  # nothing started: web is held
+    slack.wait_for(lambda s: any("Waits for deploy #1" in t for t in s.texts()))
+    from commands.states import move
+
+    move(srv.rt.store, held, "running", "failed", outcome="done")
+    srv.rt.extras["deployer"].start_waiting()
+    final = wait_status(srv, 2, ("succeeded", "failed"))
+    assert final["status"] == "succeeded", final["outcome"]
+    assert [m["service"] for m in rows.members(srv.rt.store, final)] == ["core", "web"]
