@@ -80,9 +80,10 @@ def answers(public: str) -> set[str]:
     return {httpx.get(public + "/version").text.strip() for _ in range(10)}
 
 
-def released(store: Store, parent_id: int) -> dict:
+def released(store: Store, parent_id: int, answer: httpx.Response | None = None) -> dict:
+    said = f" (/deploy answered {answer.status_code}: {answer.text[:300]})" if answer is not None else ""
     return wait_for(lambda: (rows.get(store, parent_id) or {}).get("status") in ("succeeded", "failed", "rolled_back")
-                    and rows.get(store, parent_id), timeout=90, what=f"release #{parent_id} to end")
+                    and rows.get(store, parent_id), timeout=180, what=f"release #{parent_id} to end{said}")
 
 
 # (where the bot dies, the version every member serves after recovery, the release's recorded status)
@@ -104,8 +105,7 @@ def test_bot_killed_during_a_release_leaves_every_member_on_the_same_side(setup,
     store = Store(config.parent / "recess.db")
     first = Bot(config, slack.api_url)
     bots.append(first)
-    first.sender.command("/deploy", "k12 v1")
-    assert released(store, 1)["status"] == "succeeded"
+    assert released(store, 1, first.sender.command("/deploy", "k12 v1"))["status"] == "succeeded"
     first.stop()
 
     load = Load(public["web"], clients=2, pause=0.005).start()
@@ -149,10 +149,8 @@ def test_bot_killed_right_after_the_release_rollback_flip_records_the_rollback(s
     store = Store(config.parent / "recess.db")
     bot = Bot(config, slack.api_url)
     bots.append(bot)
-    bot.sender.command("/deploy", "k12 v1")
-    assert released(store, 1)["status"] == "succeeded"
-    bot.sender.command("/deploy", "k12 v2")
-    assert released(store, 5)["status"] == "succeeded"
+    assert released(store, 1, bot.sender.command("/deploy", "k12 v1"))["status"] == "succeeded"
+    assert released(store, 5, bot.sender.command("/deploy", "k12 v2"))["status"] == "succeeded"
     bot.stop()
     doomed = Bot(config, slack.api_url, crash_at="rollback:after")
     bots.append(doomed)

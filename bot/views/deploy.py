@@ -63,7 +63,9 @@ def window_line(rt: Runtime, d: dict[str, Any]) -> str:
         return f":hourglass: Queued until {zones_line(rt, d['queued_until'])}, {until_phrase(now, d['queued_until'])}"
     if d["status"] not in ("pending", "approved"):
         return ""
-    holder = rows.holder(rt.store, d["service"], d["env"])
+    deployer = rt.extras.get("deployer")
+    # A release waits for its members too (Deployer.held).
+    holder = deployer.held(d["service"], d["env"]) if deployer is not None else rows.holder(rt.store, d["service"], d["env"])
     if d["status"] == "approved" and holder and holder["id"] != d["id"]:
         return (f":hourglass: Waits for <{thread_link(holder)}|deploy #{holder['id']}> ({holder['version']}, "
                 f"{holder['status'].replace('_', ' ')}); starts when the service is free, in the order approvals completed")
