@@ -330,3 +330,47 @@ def test_a_release_waits_for_a_member_held_by_its_own_deploy_and_starts_when_it_
     final = wait_status(srv, 2, ("succeeded", "failed"))
     assert final["status"] == "succeeded", final["outcome"]
     assert [m["service"] for m in rows.members(srv.rt.store, final)] == ["core", "web"]
+
+
+def live_fakes(srv) -> dict[str, FakePlatform]:  # noqa: ANN001
+    """Every member serving v1 from slot blue, as recess recorded it."""
+    import datetime as dt
+
+    fakes = {name: FakePlatform(name, live="v1") for name in (*MEMBERS, "lunch")}
+    srv.rt.extras["platform_factory"] = lambda cfg, service, env: fakes[service]
+    for name in MEMBERS:
+        rows.insert(srv.rt.store, service=name, env="production", version="v1", requester=ENGINEER, status="succeeded",
+                    traffic_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+    return fakes
+
+
+def test_canary_steps_move_every_member_to_the_same_weights_together(release_server, slack):
+    srv = release_server
+    fakes = live_fakes(srv)
+    srv.command("/deploy", "k12 v2 --canary 10,50")
+    srv.rt.outbox.flush()
+    srv.click("deploy_approve", 4, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 4)["card_ts"])
+    final = wait_status(srv, 4, ("succeeded", "failed"))
+    assert final["status"] == "succeeded", final["outcome"]
+    for name in MEMBERS:
+        shifts = [call[1] for call in fakes[name].calls if call[0] == "shift"]
+        assert shifts == [{"green": 10, "blue": 90}, {"green": 50, "blue": 50}, {"green": 100, "blue": 0}]
+    slack.wait_for(lambda s: any("canary: 50% of every member's traffic" in t for t in s.texts()))
+
+
+def test_stop_on_a_release_card_stops_every_green_and_leaves_every_blue_serving(release_server, slack):
+    srv = release_server
+    fakes = live_fakes(srv)
+    fakes["ai-gateway"].fail.update({"health": "starting", "health_slot": "green"})  # never healthy: the run waits
+    srv.command("/deploy", "k12 v2")
+    srv.rt.outbox.flush()
+    srv.click("deploy_approve", 4, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 4)["card_ts"])
+    slack.wait_for(lambda s: any("*web*: :white_check_mark: *health*" in t for t in s.texts()), timeout=30)
+    srv.click("deploy_stop", 4, user=APPROVER_1, message_ts=rows.get(srv.rt.store, 4)["card_ts"])
+    final = wait_status(srv, 4, ("failed", "succeeded"))
+    assert final["status"] == "failed" and "stopped by" in final["outcome"]
+    for name in MEMBERS:
+        assert fakes[name].weights == {"blue": 100, "green": 0} and not fakes[name].running["green"], name
+    assert {m["status"] for m in rows.members(srv.rt.store, final)} == {"failed"}
+    # Every member is free again: core alone can be deployed at once.
+    assert "Deploy #" in reply_text(srv.command("/deploy", "core v3"))
