@@ -671,6 +671,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     d.running_here.update({rb_id, *(m["id"] for m in members)})
     try:
         try:
+            crash_point("rollback", "before")
             together = d.traffic.route_together([Move(m["service"], p.env, m["green_slot"], m["version"], owner=m["id"])
                                                  for m in members])
             crash_point("rollback", "after")
@@ -798,6 +799,31 @@ def recover_release(d: Deployer, row: dict[str, Any]) -> str:
     if all_new and reached_switch:
         _stand(d, row, members, last)
         return "finished: all new"
+    if rollback_kind and all(seen[m["id"]][2] for m in started):
+        # A rollback that had not flipped every member: the ones it flipped go back, and every
+        # kept version stays up, so the rollback can simply be clicked again.
+        stuck, done = [], []
+        for m in started:
+            try:
+                if d.traffic.read(m["service"], m["env"]).slot(m["green_slot"]).weight > 0:
+                    d.traffic.route(m["service"], m["env"], to=m["blue_slot"], version=m["blue_version"], owner=m["id"],
+                                    probes=d.traffic.probes)
+                    done.append(m["service"])
+            except PlatformError as exc:
+                stuck.append(f"{m['service']}: {exc}")
+        if stuck:
+            _attention(d, row, members, f"recovery of the release rollback could not put every member back: {'; '.join(stuck)}")
+            return "needs attention: a member refused"
+        for m in members:
+            move(d.store, m["id"], "running", "failed", finished_at=now,
+                 outcome="the bot restarted before the rollback flipped every member; nothing changed")
+        move(d.store, row["id"], "running", "failed", finished_at=now,
+             outcome="the bot restarted before the rollback flipped every member; nothing changed")
+        back = f" ({', '.join(done)} flipped back)" if done else ""
+        _tell(d, row, f"the bot restarted before the rollback of release {row['service']} flipped every member: every "
+                      f"member still serves the release's version{back}, and the previous versions are still kept. "
+                      f"Click Roll back again if it is still needed.")
+        return "rollback not done"
     if all(seen[m["id"]][2] for m in started):
         stuck, done = [], []
         for m in reversed(started):

@@ -166,3 +166,27 @@ def test_bot_killed_right_after_the_release_rollback_flip_records_the_rollback(s
         assert answers(public[name]) == {"v1"}
         assert rows.live(store, name, "production")["version"] == "v1"
     assert [m["service"] for m in rows.members(store, final)] == list(reversed(MEMBERS))
+
+
+def test_bot_killed_before_the_release_rollback_flip_changes_nothing_and_keeps_the_previous_versions(setup, slack):
+    config, public, bots = setup
+    store = Store(config.parent / "recess.db")
+    bot = Bot(config, slack.api_url)
+    bots.append(bot)
+    assert released(store, 1, bot.sender.command("/deploy", "k12 v1"))["status"] == "succeeded"
+    assert released(store, 5, bot.sender.command("/deploy", "k12 v2"))["status"] == "succeeded"
+    bot.stop()
+    doomed = Bot(config, slack.api_url, crash_at="rollback:before")
+    bots.append(doomed)
+    doomed.sender.action("rollback_start", card_value(store, 5), user="U0APPROVER1", ephemeral=True)
+    wait_for(lambda: doomed.proc.poll() is not None, what="the bot to be killed")
+    assert rows.get(store, 9)["status"] == "running"
+    bots.append(Bot(config, slack.api_url))
+    final = wait_for(lambda: rows.get(store, 9)["status"] != "running" and rows.get(store, 9), what="recovery")
+    assert final["status"] == "failed" and "nothing changed" in final["outcome"]
+    assert rows.get(store, 5)["status"] == "succeeded"
+    cfg = load_config(config)
+    for m in rows.members(store, rows.get(store, 5)):
+        assert answers(public[m["service"]]) == {"v2"}
+        kept = make_platform(cfg, m["service"], "production").status().slot(m["blue_slot"])
+        assert kept.running and kept.version == "v1"  # still there for a real rollback
