@@ -315,7 +315,8 @@ class ReleaseRun:
         loud = f" :rotating_light: *--now override:* {reason}" if self.row["now_reason"] else ""
         listing = ", ".join(f"*{p.row['service']}* {p.row['previous_version'] or 'nothing'} → *{p.row['version']}*"
                             for p in self.members)
-        self.say(f":rocket: Release #{self.id} of *{self.row['service']}* started in {self.row['env']}: {listing}.{loud}",
+        what = "Rollback" if self.row["kind"] == "rollback" else "Release"
+        self.say(f":rocket: {what} #{self.id} of *{self.row['service']}* started in {self.row['env']}: {listing}.{loud}",
                  broadcast=True)
         first = next((p for p in self.members if self.release and p.row["service"] == self.release.migrate_first), None)
         try:
@@ -556,6 +557,14 @@ class ReleaseRun:
                 "UPDATE deploys SET blue_retired = 1 WHERE service = ? AND env = ? AND id < ? AND blue_retired = 0",
                 (r["service"], r["env"], r["id"])))
             self.d.arm(f"retire-{p.id}", retire_at, self.d.retire_due)
+        if self.row["kind"] == "rollback":
+            for p in self.members:
+                if p.row["rollback_of"]:
+                    move(self.store, p.row["rollback_of"], "succeeded", "rolled_back",
+                         outcome=f"rolled back to {p.row['version']} with release rollback #{self.id}")
+            if self.row["rollback_of"]:
+                move(self.store, self.row["rollback_of"], "succeeded", "rolled_back",
+                     outcome=f"rolled back by <@{self.row['requester']}> through the pipeline")
         spread = f", flips {seconds(self.spread)} apart" if self.spread is not None else ""
         if not move(self.store, self.id, "running", "succeeded", finished_at=now, traffic_at=self.row["traffic_at"] or now,
                     outcome=f"{self.row['version']} live in {seconds(took)}{spread}"):
@@ -587,6 +596,8 @@ class ReleaseRollbackPlan:
     skipped: list[str]  # members rolled back on their own meanwhile
     name: str
     env: str
+    fast: bool = True  # every previous version still runs: one flip together; else through the pipeline
+    retired: tuple[str, ...] = ()  # members whose previous version is no longer kept
 
 
 def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_platform: bool = True) -> ReleaseRollbackPlan:
@@ -619,6 +630,7 @@ def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_
                          f"one by one with `/rollback SERVICE`")
     if not back:
         raise _error(f"every member of release #{live['id']} was rolled back on its own already: nothing to roll back")
+    retired = []
     for m in back:
         alive = bool(m["blue_slot"]) and not m["blue_retired"]
         if alive and check_platform:
@@ -628,10 +640,8 @@ def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_
             except PlatformError:
                 alive = False
         if not alive:
-            versions = " ".join(f"{x['service']}={x['previous_version']}" for x in reversed(back))
-            raise _error(f"{m['service']}'s previous version ({m['previous_version']}) is no longer kept, so the release "
-                         f"cannot flip back; deploy the previous versions again with `/deploy {name} {versions} {env}`")
-    return ReleaseRollbackPlan(live, back, skipped, name, env)
+            retired.append(m["service"])
+    return ReleaseRollbackPlan(live, back, skipped, name, env, fast=not retired, retired=tuple(retired))
 
 
 def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None) -> dict[str, Any]:
@@ -652,23 +662,31 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     with d.store.transaction():
         if any(rows.holder(d.store, m["service"], p.env) for m in p.back) or rows.holder(d.store, p.name, p.env):
             raise _error("a rollback or deploy of a member already started")
+        # Fast: the slots are recorded before anything moves, so recovery knows where each flip
+        # was going. Through the pipeline: the run chooses the slots, as a deploy's does.
         rb_id = rows.insert(d.store, kind="rollback", service=p.name, env=p.env, version=summary(plan),
                             previous_version=summary(plan, "previous_version"), requester=actor, status="running",
                             rollback_of=live_id, channel=live["channel"], card_ts=live["card_ts"], started_at=now,
                             approvals_needed=0, click_token=live["click_token"] or new_click_token(), members=plan)
         rows.update(d.store, rb_id, release_id=rb_id)
         for m in p.back:  # reverse order: the rollback's own switch order
-            serving = other_slot(m["blue_slot"])
+            slots = ({"blue_slot": other_slot(m["blue_slot"]), "green_slot": m["blue_slot"], "blue_version": m["version"]}
+                     if p.fast else {})
             rows.insert(d.store, kind="rollback", service=m["service"], env=p.env, version=m["previous_version"],
                         previous_version=m["version"], requester=actor, status="running", rollback_of=m["id"],
                         channel=live["channel"], card_ts=live["card_ts"], started_at=now, approvals_needed=0,
-                        click_token=live["click_token"], release_id=rb_id, blue_slot=serving, green_slot=m["blue_slot"],
-                        blue_version=m["version"])
+                        click_token=live["click_token"], release_id=rb_id, **slots)
         audit.record(d.store, actor=actor, command="/rollback", action="release.rollback.start", target=f"deploy:{live_id}",
                      before={"versions": live["version"]}, after={"versions": summary(plan)})
     rb = rows.get(d.store, rb_id)
     members = rows.members(d.store, rb)
     d.running_here.update({rb_id, *(m["id"] for m in members)})
+    if not p.fast:
+        d.notify.thread(rb_id, f":leftwards_arrow_with_hook: <@{actor}> is rolling back release {p.name}: the previous "
+                               f"version of {', '.join(p.retired)} was retired, so every member's previous version is "
+                               f"redeployed through the release pipeline, in reverse order.", broadcast=True)
+        d.run_async(lambda: run(d, rb_id))
+        return rb
     try:
         try:
             crash_point("rollback", "before")
@@ -759,7 +777,8 @@ def recover_release(d: Deployer, row: dict[str, Any]) -> str:
             d.persist(lambda s=s: rows.finish_step(d.store, s["id"], "failed", "interrupted: no one was driving this step"))
     member_steps = sorted((s for m in members for s in rows.steps(d.store, m["id"])), key=lambda s: s["id"])
     last = (parent_steps[-1]["name"] if parent_steps else None) or (member_steps[-1]["name"] if member_steps else "start")
-    rollback_kind = row["kind"] == "rollback"
+    # A rollback's fast flip has no steps; one through the pipeline runs every step, like a release.
+    rollback_kind = row["kind"] == "rollback" and not member_steps
     reached_switch = rollback_kind or last in ("shift", "bake")
     started = [m for m in members if m["green_slot"]]
     if not started:
@@ -787,7 +806,7 @@ def recover_release(d: Deployer, row: dict[str, Any]) -> str:
         seen[m["id"]] = (on_green, green_ok, blue_ok or nothing_before)
     all_new = len(started) == len(members) and all(seen[m["id"]][0] and seen[m["id"]][1] for m in started)
     bake = d.cfg.environments[row["env"]].bake_time.total_seconds()
-    if all_new and reached_switch and not rollback_kind and last == "bake" and bake > 0:
+    if all_new and reached_switch and row["kind"] == "release" and last == "bake" and bake > 0:
         d.persist(lambda: audit.record(d.store, actor="recess", command="recovery", action="release.recovered",
                                        target=f"deploy:{row['id']}", after={"result": "bake resumed"}))
         _tell(d, row, "the bot restarted during *bake*. Every member is 100% on its new version and healthy: "

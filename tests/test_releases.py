@@ -374,3 +374,28 @@ def test_stop_on_a_release_card_stops_every_green_and_leaves_every_blue_serving(
     assert {m["status"] for m in rows.members(srv.rt.store, final)} == {"failed"}
     # Every member is free again: core alone can be deployed at once.
     assert "Deploy #" in reply_text(srv.command("/deploy", "core v3"))
+
+
+@pytest.mark.e2e
+def test_a_release_whose_previous_versions_were_retired_rolls_back_through_the_pipeline(local_release, slack):
+    srv = local_release()
+    assert deploy_release(srv, "k12 v1", 1)["status"] == "succeeded"
+    assert deploy_release(srv, "k12 v2", 5)["status"] == "succeeded"
+    deployer = srv.rt.extras["deployer"]
+    for m in rows.members(srv.rt.store, rows.get(srv.rt.store, 5)):
+        deployer.retire_blue(m)  # past keep_blue: every v1 is stopped
+        assert rows.get(srv.rt.store, m["id"])["blue_retired"] == 1
+    preview = json.dumps(srv.command("/rollback", "k12").json(), ensure_ascii=False)
+    assert "redeployed blue-green through the release pipeline" in preview
+    with Load(srv.public["core"], clients=2) as load:
+        srv.click("rollback_start", 5, user=ENGINEER)
+        rollback = wait_status(srv, 9, ("succeeded", "failed", "rolled_back"), timeout=120)
+        seen = load.count()
+        load.wait_until(lambda t: t.total >= seen + 20)
+    assert rollback["kind"] == "rollback" and rollback["status"] == "succeeded", rollback["outcome"]
+    assert all_serve(srv, "v1") and load.failures == []
+    assert rows.get(srv.rt.store, 5)["status"] == "rolled_back"
+    back = rows.members(srv.rt.store, rollback)
+    assert [m["service"] for m in back] == ["ai-gateway", "web", "core"]
+    assert all(m["status"] == "succeeded" and m["version"] == "v1" for m in back)
+    assert {rows.get(srv.rt.store, m["rollback_of"])["status"] for m in back} == {"rolled_back"}

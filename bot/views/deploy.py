@@ -378,8 +378,10 @@ def release_rollback_preview(plan: Any) -> dict[str, Any]:
     title = (f":warning: *Undo rollback #{live['id']}* of release {plan.name} in {plan.env}" if undo
              else f"*Roll back release {plan.name} in {plan.env}* (#{live['id']}), in reverse order:")
     label = "Undo rollback" if undo else "Roll back"
-    blocks = [section(f"{title}\n{moves}{skipped}\nEvery previous version is still running: the members flip back "
-                      f"together, in one click."),
+    how = ("Every previous version is still running: the members flip back together, in one click." if plan.fast else
+           f"The previous version of {', '.join(plan.retired)} was retired (`keep_blue`), so every member's previous "
+           f"version is redeployed blue-green through the release pipeline (a few seconds to minutes), in reverse order.")
+    blocks = [section(f"{title}\n{moves}{skipped}\n{how}"),
               actions(f"rollback-{live['id']}", button(label, "rollback_start", button_value(live), style="danger",
                                                       confirm=confirm(f"{label} release {plan.name}?",
                                                                       "Every member listed returns to its previous version.",
