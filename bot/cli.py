@@ -126,7 +126,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
     for warning in preflight(cfg):  # the same checks `recess serve` makes before it touches Slack
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{cfg.source}: ok ({len(cfg.tenants)} tenants, {len(cfg.services)} services, environments: {', '.join(cfg.environments)})")
+    releases = f", {len(cfg.releases)} releases" if cfg.releases else ""
+    print(f"{cfg.source}: ok ({len(cfg.tenants)} tenants, {len(cfg.services)} services{releases}, "
+          f"environments: {', '.join(cfg.environments)})")
     return 0
 
 

@@ -22,12 +22,22 @@ class OutboxNotifier:
         self._lines: dict[tuple[int, str], int] = {}  # (deploy, key) -> outbox row of the posted line
         self._lines_guard = threading.Lock()
 
+    def _card_of(self, deploy_id: int) -> tuple[int, str]:
+        """Where a deploy's news goes: a release member's to its release's card and thread, with the
+        member's name in front; everything else to its own."""
+        from storage import deploys as rows
+
+        d = rows.get(self.rt.store, deploy_id)
+        if rows.is_member(d):
+            return d["release_id"], f"*{d['service']}*: "
+        return deploy_id, ""
+
     def post_card(self, deploy_id: int) -> None:
         self.rt.outbox.post_card(deploy_id, self.rt.cfg.bot.channel)
         self._events(deploy_id)
 
     def update_card(self, deploy_id: int) -> None:
-        self.rt.outbox.update_card(deploy_id)
+        self.rt.outbox.update_card(self._card_of(deploy_id)[0])
         self._events(deploy_id)
 
     def _events(self, deploy_id: int) -> None:
@@ -40,6 +50,8 @@ class OutboxNotifier:
                 log.exception("deploy %s: could not queue its webhook events", deploy_id)
 
     def thread(self, deploy_id: int, text: str, *, broadcast: bool = False, offer_rollback: bool = False) -> None:
+        deploy_id, prefix = self._card_of(deploy_id)
+        text = prefix + text
         blocks = None
         if offer_rollback:
             from bot.views.deploy import thread_rollback_blocks
@@ -58,6 +70,8 @@ class OutboxNotifier:
         skipped, and the next one shows the newer state anyway."""
         from storage import outbox as outbox_rows
 
+        deploy_id, prefix = self._card_of(deploy_id)
+        key, text = f"{prefix}{key}", prefix + text
         with self._lines_guard:
             row_id = self._lines.get((deploy_id, key))
             if row_id is None:

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -656,6 +657,31 @@ class Webhook(Strict):
         return v
 
 
+class Release(Strict):
+    """`[releases.NAME]`: services deployed, switched and rolled back as one (docs/blue-green.md)."""
+
+    # Each a [services.NAME]; the order is the start and switch order (rollback goes in reverse).
+    services: list[str] = Field(min_length=2)
+    # The member whose migrations run before any green starts.
+    migrate_first: str | None = None
+
+    @field_validator("services")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:
+            raise ValueError(f"expected each service once, got {', '.join(twice)} twice")
+        return v
+
+    @field_validator("migrate_first")
+    @classmethod
+    def _first(cls, v: str | None, info: ValidationInfo) -> str | None:
+        services = info.data.get("services") or []
+        if v is not None and v not in services:
+            raise ValueError(f"expected one of the release's services ({', '.join(services)}), got {v!r}")
+        return v
+
+
 class Config(Strict):
     bot: BotSection = BotSection()
     access: AccessSection = AccessSection()
@@ -669,6 +695,7 @@ class Config(Strict):
     webhooks: list[Webhook] = []
     dashboard: DashboardSection = DashboardSection()
     metrics: MetricsSection = MetricsSection()
+    releases: dict[str, Release] = {}
 
     # Set by load_config: the folder relative paths are resolved against, and the file's name.
     base_dir: Path = Path(".")
@@ -703,6 +730,22 @@ class Config(Strict):
             svc._withheld = tuple(self.flags.api_keys)
         if self.dashboard.dora_env is not None and self.dashboard.dora_env not in self.environments:
             raise ValueError(f"dashboard.dora_env: {self.dashboard.dora_env!r} is not one of {', '.join(self.environments)}")
+        for name, release in self.releases.items():
+            if not SERVICE_NAME.fullmatch(name):
+                raise ValueError(f"releases.{name}: expected a name of [a-z0-9_-]")
+            if name in self.services:
+                raise ValueError(f"releases.{name}: expected a name no service has: /deploy {name} would not say "
+                                 f"whether it means the release or [services.{name}]")
+            unknown = [s for s in release.services if s not in self.services]
+            if unknown:
+                raise ValueError(f"releases.{name}.services: {', '.join(repr(s) for s in unknown)} "
+                                 f"{'is not a' if len(unknown) == 1 else 'are not'} [services.NAME] "
+                                 f"(known: {', '.join(sorted(self.services)) or 'none'})")
+            handed = [s for s in release.services if self.services[s].platform == "railway"]
+            if handed:
+                raise ValueError(f"releases.{name}.services: {', '.join(handed)} runs on Railway, which moves "
+                                 f"traffic itself after its own healthcheck: recess cannot switch it together "
+                                 f"with the other members; deploy it on its own")
         return self
 
     # -- derived values --------------------------------------------------------------------------
@@ -732,6 +775,10 @@ class Config(Strict):
     def service_environments(self, service: str) -> list[str]:
         svc = self.services[service]
         return list(svc.environments or self.environments)
+
+    def releases_with(self, service: str) -> list[str]:
+        """The releases that have `service` as a member."""
+        return [name for name, r in self.releases.items() if service in r.services]
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -119,7 +119,8 @@ class Deployer:
         """The service and environment a command names (ENV defaults to the first one it deploys to)."""
         if service not in self.cfg.services:
             known = ", ".join(sorted(self.cfg.services)) or "none configured"
-            raise UnknownTarget(f"unknown service `{service}` (known: {known})")
+            releases = f"; releases: {', '.join(sorted(self.cfg.releases))}" if self.cfg.releases else ""
+            raise UnknownTarget(f"unknown service `{service}` (known: {known}{releases})")
         envs = self.cfg.service_environments(service)
         env = env or (self.cfg.default_environment if self.cfg.default_environment in envs else envs[0])
         if env not in self.cfg.environments:
@@ -155,19 +156,12 @@ class Deployer:
         say where the change came from (a CI job names them); `on_record(deploy_id)` runs inside
         the request's transaction (the REST API stores its idempotency key there)."""
         service, version, env = self.parse_request(service, version, env)
-        decision = self.policy.can_deploy(actor)
-        if not decision:
-            raise DeployError(decision.reason)
+        self.check_request_options(actor, canary, now_reason)
         from commands.railway import request_problem
 
         problem = request_problem(self.cfg, service, env, canary=canary)  # Railway: no canary, a token
         if problem:
             raise DeployError(problem)
-        if canary is not None:
-            if not canary or any(not 0 < p < 100 for p in canary) or canary != sorted(set(canary)):
-                raise DeployError("`--canary` takes rising percentages between 1 and 99, like `--canary 10,50`")
-        if now_reason is not None and not now_reason.strip():
-            raise DeployError("`--now` needs a reason, like `--now \"fixes the login outage\"`")
         lint = self.migration_report(service, env)
         env_cfg = self.cfg.environments[env]
         now = self.clock()
@@ -234,6 +228,17 @@ class Deployer:
         if needed == 0 and not self.blocking_findings(deploy_id):
             self._approved(deploy_id, None)
         return rows.get(self.store, deploy_id)
+
+    def check_request_options(self, actor: str, canary: list[int] | None, now_reason: str | None) -> None:
+        """Who may request, and the options every request shares (a deploy's or a release's)."""
+        decision = self.policy.can_deploy(actor)
+        if not decision:
+            raise DeployError(decision.reason)
+        if canary is not None:
+            if not canary or any(not 0 < p < 100 for p in canary) or canary != sorted(set(canary)):
+                raise DeployError("`--canary` takes rising percentages between 1 and 99, like `--canary 10,50`")
+        if now_reason is not None and not now_reason.strip():
+            raise DeployError("`--now` needs a reason, like `--now \"fixes the login outage\"`")
 
     def migration_report(self, service: str, env: str) -> dict[str, Any] | None:
         """The lint of the service's pending migrations, stored on the request and shown on the card."""
@@ -382,7 +387,7 @@ class Deployer:
                            else f":white_check_mark: No approval needed in {d['env']} (`approvals = 0`).")
         self.schedule(deploy_id)
         d = rows.get(self.store, deploy_id)
-        holder = rows.holder(self.store, d["service"], d["env"])
+        holder = self.held(d["service"], d["env"])
         if d["status"] == "approved" and holder and holder["id"] != deploy_id:
             self.notify.update_card(deploy_id)
             self.notify.thread(deploy_id, f":hourglass: Waits for deploy #{holder['id']} ({holder['version']}, "
@@ -445,13 +450,26 @@ class Deployer:
         deploy holds its slots and the window allows; returns its id. The only place a deploy
         request moves to `running`."""
         with self._lock:
-            if rows.holder(self.store, service, env):
+            if self.held(service, env):
                 return None
             now = self.clock()
             for d in rows.waiting(self.store, service, env):
                 if d["status"] == "queued" and d["queued_until"] and d["queued_until"] > now:
                     continue  # waits for its window
                 if not self._window_gate(d):
+                    continue
+                if d["kind"] == "release":
+                    from commands import releases
+
+                    if releases.begin(self, d, now):
+                        ids = {d["id"], *(m["id"] for m in rows.members(self.store, d))}
+                        self.running_here.update(ids)  # before the hand-off: the watchdog must not recover them
+                        self.notify.update_card(d["id"])
+                        if rows.get(self.store, d["id"])["status"] == "running":
+                            self.run_async(lambda release_id=d["id"]: releases.run(self, release_id))
+                        else:
+                            self.running_here.difference_update(ids)
+                        return d["id"]
                     continue
                 previous = (rows.live(self.store, service, env) or {}).get("version")
                 if move(self.store, d["id"], ("approved", "queued"), "running", started_at=now, previous_version=previous):
@@ -460,6 +478,14 @@ class Deployer:
                     self.run_async(lambda deploy_id=d["id"]: self.run_pipeline(deploy_id))
                     return d["id"]
         return None
+
+    def held(self, service: str, env: str) -> dict[str, Any] | None:
+        """The deploy that holds the service, or for a release, the release or any of its members."""
+        if service in self.cfg.releases:
+            from commands.releases import held_by
+
+            return held_by(self, service, env)
+        return rows.holder(self.store, service, env)
 
     def start_waiting(self) -> None:
         """Starts the next waiting deploy of every service that is free (the sweeps' net)."""
@@ -477,7 +503,7 @@ class Deployer:
             raise DeployError(f"deploy #{deploy_id} does not exist")
         if not self.policy.is_approver(actor):
             raise DeployError("only approvers ([access] approvers) can stop a running deploy")
-        if d["status"] != "running" or d["kind"] != "deploy":
+        if d["status"] != "running" or d["kind"] not in ("deploy", "release") or rows.is_member(d):
             raise DeployError(f"deploy #{deploy_id} is {d['status'].replace('_', ' ')}; only a running deploy can be stopped")
         if deploy_id in self.stop_requests:
             raise DeployError(f"deploy #{deploy_id} is already stopping (asked by <@{self.stop_requests[deploy_id]}>)")
@@ -514,6 +540,8 @@ class Deployer:
             row = rows.get(self.store, deploy_id)
             if row is not None:
                 self.start_next(row["service"], row["env"])  # the next deploy in the queue, if any
+                for release in self.cfg.releases_with(row["service"]):
+                    self.start_next(release, row["env"])  # a release that waited for this service
 
     # -- keeping blue, then retiring it --------------------------------------------------------
 
@@ -569,12 +597,16 @@ class Deployer:
         """Every `running` deploy that no pipeline of this process drives (its thread died, or it
         belonged to a process that is gone) is recovered; every `needs_attention` deploy is closed
         once one healthy slot serves everything again."""
+        from commands import releases
         from commands.recovery import recover_all, resolve_attention
 
         recover_all(self)
         for row in rows.with_status(self.store, ATTENTION):
             try:
-                resolve_attention(self, row)
+                if rows.is_release(row):
+                    releases.resolve_attention(self, row)
+                else:
+                    resolve_attention(self, row)
             except Exception:
                 log.exception("deploy %s: checking whether it still needs attention failed", row["id"])
         self.start_waiting()
@@ -625,8 +657,9 @@ class Deployer:
         return rows.get(self.store, deploy_id)
 
     def history(self, service: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
-        if service and service not in self.cfg.services:
-            raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(self.cfg.services))})")
+        if service and service not in self.cfg.services and service not in self.cfg.releases:
+            releases = f"; releases: {', '.join(sorted(self.cfg.releases))}" if self.cfg.releases else ""
+            raise DeployError(f"unknown service `{service}` (known: {', '.join(sorted(self.cfg.services))}{releases})")
         return rows.history(self.store, service, limit)
 
 

@@ -104,6 +104,38 @@ def end_attention(d: Deployer, row: dict[str, Any], saw: str, *, who: str = "") 
                     broadcast=True)
 
 
+class BakeWatch:
+    """One look after another at a switched service: green's health, the router's revivals, the
+    public address and green's 5xx ratio. `check()` returns why the bake fails, or None."""
+
+    def __init__(self, p: Pipeline, green: str) -> None:
+        self.p = p
+        self.green = green
+        self.baseline = p._stats(green) or RouterStats()
+        self.revivals = p.d.router_revivals.get(p.where, 0)
+        self.failures = self.public_failures = 0
+
+    def check(self) -> str | None:
+        p, green = self.p, self.green
+        health = p.platform.health(green)
+        self.failures = 0 if health.ok else self.failures + 1
+        public = p.door.probe_public(*p.where)
+        self.public_failures = 0 if public is None or public.ok else self.public_failures + 1
+        if self.failures >= 2 or health.exited:
+            return f"green's health check failed ({health.status or health.detail})"
+        if p.d.router_revivals.get(p.where, 0) != self.revivals:
+            return "the router died during the bake (the router watchdog restarted it)"
+        if self.public_failures >= 2:
+            return p._public_reason(public)
+        stats = p._stats(green)
+        if stats:
+            req = stats.requests - self.baseline.requests
+            bad = (stats.responses_5xx - self.baseline.responses_5xx) + (stats.connection_errors - self.baseline.connection_errors)
+            if req >= 20 and bad / req > p.env.max_5xx_ratio:
+                return f"{bad} of {req} requests to green failed ({bad / req:.0%} > {p.env.max_5xx_ratio:.0%})"
+        return None
+
+
 class Pipeline:
     def __init__(self, deployer: Deployer, deploy_id: int) -> None:
         self.d = deployer
@@ -138,7 +170,7 @@ class Pipeline:
 
     def check_deadline(self) -> None:
         """Raises when an approver pressed Stop, or the deploy ran past its deploy_timeout."""
-        stopper = self.d.stop_requests.get(self.id)
+        stopper = self.d.stop_requests.get(self.id) or self.d.stop_requests.get(self.row.get("release_id") or 0)
         if stopper:
             raise StepFailed(f"stopped by <@{stopper}>")
         if self.d.clock() >= self.deadline_at:
@@ -407,34 +439,15 @@ class Pipeline:
         bake = self.env.bake_time.total_seconds()
         if bake <= 0:
             return "skipped: bake_time is 0"
-        baseline = self._stats(green) or RouterStats()
-        revivals = self.d.router_revivals.get(self.where, 0)
+        watch = BakeWatch(self, green)
         deadline = self.d.monotonic() + bake
-        failures = public_failures = 0
         every = poll_interval(self.platform, 1.0)
         while self.d.monotonic() < deadline:
             self.d.sleep(min(every, max(0.05, deadline - self.d.monotonic())))
             if self.status() != "running":
                 raise AutoRollback("rolled back by hand during the bake")
             self.check_deadline()
-            health = self.platform.health(green)
-            failures = 0 if health.ok else failures + 1
-            public = self.door.probe_public(*self.where)
-            public_failures = 0 if public is None or public.ok else public_failures + 1
-            reason = None
-            if failures >= 2 or health.exited:
-                reason = f"green's health check failed ({health.status or health.detail})"
-            elif self.d.router_revivals.get(self.where, 0) != revivals:
-                reason = "the router died during the bake (the router watchdog restarted it)"
-            elif public_failures >= 2:
-                reason = self._public_reason(public)
-            else:
-                stats = self._stats(green)
-                if stats:
-                    req = stats.requests - baseline.requests
-                    bad = (stats.responses_5xx - baseline.responses_5xx) + (stats.connection_errors - baseline.connection_errors)
-                    if req >= 20 and bad / req > self.env.max_5xx_ratio:
-                        reason = f"{bad} of {req} requests to green failed ({bad / req:.0%} > {self.env.max_5xx_ratio:.0%})"
+            reason = watch.check()
             if reason:
                 self.roll_back_on_its_own(reason)
                 raise AutoRollback(reason)

@@ -43,12 +43,19 @@ HANDED_OFF = ("bake resumed", "resumed after Railway's hand-over")
 def recover_all(d: Deployer) -> list[tuple[int, str]]:
     """Reconciles every running deploy that no pipeline of this process drives."""
     done = []
+    from commands.releases import recover_release
+
     for row in rows.with_status(d.store, "running"):
         if row["id"] in d.running_here:
             continue
+        row = rows.get(d.store, row["id"]) or row
+        if row["status"] != "running":
+            continue  # ended meanwhile: by the recovery of its release, or by its own pipeline
+        if rows.is_member(row) and (rows.get(d.store, row["release_id"]) or {}).get("status") in rows.HOLDING:
+            continue  # a release's members are recovered together, through the release
         t = time.monotonic()
         try:
-            what = recover(d, row)
+            what = recover_release(d, row) if rows.is_release(row) else recover(d, row)
         except Exception as exc:  # never stop start-up: say it loudly, leave traffic alone
             log.exception("recovery of deploy %s failed", row["id"])
             what = f"recovery failed: {type(exc).__name__}: {exc}"

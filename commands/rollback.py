@@ -37,8 +37,10 @@ class RollbackPlan:
 
 
 def baking(d: dict[str, Any]) -> bool:
-    """A deploy whose traffic already moved to green, while the bake watch still runs."""
-    return d["kind"] == "deploy" and d["status"] == "running" and d["traffic_at"] is not None and bool(d["blue_slot"])
+    """A deploy whose traffic already moved to green, while the bake watch still runs (a
+    release's member is not: its release bakes, and Stop on the release's card ends it)."""
+    return (d["kind"] == "deploy" and d["status"] == "running" and d["traffic_at"] is not None and bool(d["blue_slot"])
+            and not rows.is_member(d))
 
 
 def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platform: bool = True) -> RollbackPlan:
@@ -49,6 +51,10 @@ def plan(d: Deployer, service: str, env: str | None, actor: str, *, check_platfo
     if not decision:
         raise DeployError(decision.reason)
     held = rows.holder(d.store, service, env)
+    if held and rows.is_member(held):
+        raise HeldError(f"{service} in {env} is held by release #{held['release_id']} (now at {held['version']}): "
+                        f"an approver can press Stop on the release's card, which returns every member to blue.",
+                        rows.get(d.store, held["release_id"]) or held)
     if held and baking(held):
         live = held  # traffic already moved and the bake watch runs: a person may undo it right now
     elif held:
@@ -82,6 +88,10 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     live = rows.get(d.store, live_id)
     if live is None:
         raise DeployError(f"deploy #{live_id} does not exist")
+    if rows.is_release(live):
+        from commands import releases
+
+        return releases.rollback(d, live_id, actor, clicked_at=clicked_at)
     p = plan(d, live["service"], live["env"], actor)
     if p.live["id"] != live_id:
         raise DeployError(f"this card is stale: deploy #{p.live['id']} ({p.current}) is live now; use `/rollback {live['service']}`")
@@ -105,6 +115,7 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
             click_token=live["click_token"] or new_click_token(),
             blue_slot=serving if p.blue_alive else None, green_slot=p.blue_slot if p.blue_alive else None,
             blue_version=p.current if p.blue_alive else None, requested_by=requested_by,
+            release_id=live.get("release_id"),  # a member rolled back on its own: said on the release's card
         )
         d.running_here.add(rb_id)  # this click (or the pipeline it starts) drives it: the watchdog leaves it alone
         audit.record(d.store, actor=actor, command=command, action="rollback.start", target=f"deploy:{live_id}",

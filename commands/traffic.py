@@ -25,8 +25,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from platforms.base import Health, Platform, PlatformError, Traffic, format_weights, other_slot
 
@@ -53,6 +54,29 @@ class Flip:
     weights: dict[str, int]
     router_seconds: float  # the router's own exchange where the driver measures it
     call_seconds: float  # the whole platform call
+    service: str = ""
+
+
+@dataclass(frozen=True)
+class Move:
+    """One service's part of a flip together (TrafficDoor.route_together)."""
+
+    service: str
+    env: str
+    to: str
+    version: str
+    pct: int = 100
+    owner: int | None = None
+
+
+@dataclass(frozen=True)
+class Together:
+    """What a flip together did: each flip in order, and the spread from the first flip's
+    command sent to the last flip's answer received (how long the services were mixed)."""
+
+    flips: list[Flip]
+    spread_seconds: float
+    sent_seconds: float = 0.0  # from the first command sent to the last one sent (the bot's share)
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,21 @@ class Restored:
 
     text: str
     serving: str | None  # the slot that serves afterwards (None: nothing serves, first deploy)
+
+
+class _CallFlip:
+    """A flip for a platform that cannot prepare one (command, railway): its whole shift call."""
+
+    def __init__(self, platform: Platform, weights: dict[str, int]) -> None:
+        self.platform, self.weights, self.seconds = platform, weights, 0.0
+
+    def send(self) -> None:
+        started = time.perf_counter()
+        self.platform.shift(self.weights)
+        self.seconds = time.perf_counter() - started
+
+    def answer(self) -> float:
+        return self.seconds
 
 
 class TrafficDoor:
@@ -133,37 +172,91 @@ class TrafficDoor:
 
     # -- moving traffic ------------------------------------------------------------------------
 
+    def _checked_route(self, platform: Platform, service: str, env: str, to: str, version: str, pct: int,
+                       probes: int) -> dict[str, int]:
+        """The weights that send `pct`% to `to`, once the router says `to` runs `version` and it
+        answers healthy; TrafficRefused otherwise. Called under the service's lock."""
+        traffic = self.read(service, env)
+        state = traffic.slot(to)
+        if not state.running or state.version != version:
+            what = f"runs {state.version}" if state.running else "runs nothing"
+            raise TrafficRefused(f"slot {to} {what}, not {version}: traffic stays where it is "
+                                 f"({format_weights(traffic.weights)})", "not_running")
+        health = self.probe(platform, to, probes=probes)
+        if not health.ok:
+            raise TrafficRefused(f"slot {to} ({version}) is not healthy ({health.status or health.detail}): "
+                                 f"traffic stays where it is ({format_weights(traffic.weights)})", "unhealthy")
+        other = other_slot(to)
+        if pct < 100 and not traffic.slot(other).running:
+            raise TrafficRefused(f"a {pct}% canary needs slot {other} serving, and nothing runs there", "not_running")
+        return {to: pct, other: 100 - pct}
+
+    def route_together(self, moves: list[Move], *, probes: int = 1,
+                       between: Callable[[int], None] = lambda i: None) -> Together:
+        """Flips several services at once (a release): every service's lock taken, every router
+        read, every target checked and probed, and every flip prepared (admin connection open,
+        command written) before the first one fires; then the flips fire back to back in the given
+        order. A refusal before the first flip changes nothing. `between(i)` runs after flip i."""
+        with ExitStack() as stack:
+            platforms = {key: stack.enter_context(self.holding(*key))
+                         for key in sorted({(m.service, m.env) for m in moves})}  # one lock order for all
+            ready = []
+            for m in moves:
+                platform = platforms[(m.service, m.env)]
+                try:
+                    weights = self._checked_route(platform, m.service, m.env, m.to, m.version, m.pct, probes)
+                except TrafficRefused as exc:
+                    raise TrafficRefused(f"{m.service}: {exc}", exc.kind) from None
+                prepare = getattr(platform, "prepared_shift", None)
+                flip = stack.enter_context(prepare(weights)) if prepare is not None else _CallFlip(platform, weights)
+                ready.append((m, weights, flip))
+            # Every command goes out before any answer is read: the services are mixed only for
+            # about one router exchange, whatever their number.
+            first = time.perf_counter()
+            sent: list[tuple[Move, dict[str, int], Any]] = []
+            for i, (m, weights, flip) in enumerate(ready):
+                try:
+                    flip.send()
+                except PlatformError as exc:
+                    for _, _, earlier in sent:
+                        earlier.answer()
+                    done = ", ".join(x.service for x, _, _ in sent) or "none"
+                    raise PlatformError(f"{m.service}: the flip failed ({exc}); already flipped: {done}",
+                                        output=exc.output) from None
+                sent.append((m, weights, flip))
+                between(i)
+            sent_within = time.perf_counter() - first
+            flips: list[Flip] = []
+            for m, weights, flip in sent:
+                router = flip.answer()
+                flips.append(Flip(weights, router, router, m.service))
+                self._observe(router)
+            spread = time.perf_counter() - first
+        for m in moves:
+            log.info("%s/%s: traffic %s (together, deploy %s)", m.service, m.env, m.to, m.owner)
+        return Together(flips, spread, sent_within)
+
     def route(self, service: str, env: str, *, to: str, version: str, pct: int = 100,
               owner: int | None = None, probes: int = 1) -> Flip:
         """Sends `pct`% of traffic to slot `to` (the rest to the other slot), after checking that
         `to` runs `version` and is healthy. With pct < 100 the other slot must be serving now."""
         with self.holding(service, env) as platform:
-            traffic = self.read(service, env)
-            state = traffic.slot(to)
-            if not state.running or state.version != version:
-                what = f"runs {state.version}" if state.running else "runs nothing"
-                raise TrafficRefused(f"slot {to} {what}, not {version}: traffic stays where it is "
-                                     f"({format_weights(traffic.weights)})", "not_running")
-            health = self.probe(platform, to, probes=probes)
-            if not health.ok:
-                raise TrafficRefused(f"slot {to} ({version}) is not healthy ({health.status or health.detail}): "
-                                     f"traffic stays where it is ({format_weights(traffic.weights)})", "unhealthy")
-            other = other_slot(to)
-            if pct < 100 and not traffic.slot(other).running:
-                raise TrafficRefused(f"a {pct}% canary needs slot {other} serving, and nothing runs there", "not_running")
-            weights = {to: pct, other: 100 - pct}
+            weights = self._checked_route(platform, service, env, to, version, pct, probes)
             started = time.perf_counter()
             platform.shift(weights)
             call = time.perf_counter() - started
             exchange = getattr(platform, "last_router_call_seconds", None)
             router = exchange if isinstance(exchange, float) and 0 < exchange <= call else call
             log.info("%s/%s: traffic %s (deploy %s)", service, env, format_weights(weights), owner)
-            for observe in self.flip_observers:
-                try:
-                    observe(router)
-                except Exception:  # a metric must never stop traffic
-                    log.exception("flip observer failed")
+            self._observe(router)
             return Flip(weights, router, call)
+
+    def _observe(self, router_seconds: float) -> None:
+        for observe in self.flip_observers:
+            try:
+                observe(router_seconds)
+            except Exception:  # a metric must never stop traffic
+                log.exception("flip observer failed")
 
     def back_to(self, service: str, env: str, *, blue: str | None, blue_version: str | None, green: str,
                 green_version: str, owner: int | None, probes: int = 1) -> Restored:

@@ -41,7 +41,7 @@ import httpx
 
 from platforms.base import SLOTS, Health, PlatformError, Result, RouterStats, SlotState, Traffic
 from platforms.environment import child_env
-from platforms.haproxy import HAProxyRouter, Revival
+from platforms.haproxy import HAProxyRouter, PreparedFlip, Revival
 from platforms.host import StateLock
 
 if TYPE_CHECKING:
@@ -256,6 +256,10 @@ class DockerPlatform:
 
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
+
+    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[PreparedFlip]:
+        """The weight change made ready to fire (HAProxyRouter.prepared): releases flip back to back."""
+        return self.router.prepared(weights)
 
     def migrate(self, slot: str, version: str, env: Mapping[str, str]) -> Result:
         """`migrate` as a one-off `ENGINE run --rm` of IMAGE:VERSION with the service's run_args and

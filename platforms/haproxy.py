@@ -31,7 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,36 @@ class Revival:
     weights: dict[str, int]
     down_for: float | None  # seconds between the last time it was seen alive and now; None: unknown
     error: str | None = None  # set when it could not be started again
+
+
+class PreparedFlip:
+    """One runtime API exchange split in two: `send()` writes the prepared command on the open
+    connection, `answer()` reads HAProxy's reply and returns the seconds since the send."""
+
+    def __init__(self, sock: socket.socket, command: str) -> None:
+        self.sock = sock
+        self.command = (command + "\n").encode()
+        self.sent_at: float | None = None
+        self.reply: str | None = None
+        self.seconds: float | None = None
+
+    def send(self) -> None:
+        self.sent_at = time.perf_counter()
+        try:
+            self.sock.sendall(self.command)
+        except OSError as exc:
+            raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+
+    def answer(self) -> float:
+        chunks = []
+        try:
+            while chunk := self.sock.recv(65536):
+                chunks.append(chunk)
+        except OSError as exc:
+            raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+        self.seconds = time.perf_counter() - (self.sent_at or time.perf_counter())
+        self.reply = b"".join(chunks).decode(errors="replace")
+        return self.seconds
 
 
 class HAProxyRouter:
@@ -204,6 +234,46 @@ class HAProxyRouter:
                 raise PlatformError(f"HAProxy reports {format_weights(live)} after setting {format_weights(target)}")
         log.info("%s/%s: weights %s (%.2f ms)", self.service, self.env, format_weights(target),
                  self.last_call_seconds * 1000)
+
+    @contextlib.contextmanager
+    def prepared(self, weights: Mapping[str, int]) -> Iterator[PreparedFlip]:
+        """A weight change made ready to fire: the router's lock held, its state read, the
+        command written and the admin connection open. The body calls `send()` and then
+        `answer()` on the yielded flip when the moment comes, so several routers flip back to
+        back (a release sends to every router before it reads any answer). Not sent: nothing
+        changed."""
+        target = checked_weights(weights)
+        if not any(target.values()):
+            raise PlatformError("refusing to set every weight to 0: that routes the service to nothing")
+        with StateLock.at(self._path("router.lock")):
+            self.ensure_running()
+            current = self.weights()
+            order = sorted(SLOTS, key=lambda s: target[s] <= current[s])  # raise before lowering
+            command = ";".join(f"set server {self.backend}/{s} weight {target[s]}" for s in order)
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.admin_timeout)
+                sock.connect(str(self.socket_path()))
+            except OSError as exc:
+                raise RouterDown(f"HAProxy's admin socket does not answer ({exc})") from None
+            flip = PreparedFlip(sock, command)
+            try:
+                yield flip
+            finally:
+                sock.close()
+            if flip.sent_at is None:
+                return
+            if flip.reply is None:
+                flip.answer()
+            self.last_call_seconds = flip.seconds
+            if (flip.reply or "").strip():
+                raise PlatformError(f"HAProxy refused the weights {format_weights(target)}", output=(flip.reply or "").strip())
+            self._save(target)
+            live = self.weights()
+            if live != target:
+                raise PlatformError(f"HAProxy reports {format_weights(live)} after setting {format_weights(target)}")
+        log.info("%s/%s: weights %s (%.2f ms, prepared)", self.service, self.env, format_weights(target),
+                 (self.last_call_seconds or 0) * 1000)
 
     def follow(self, live: Mapping[str, int]) -> None:
         """Someone changed the weights by hand through the runtime API: remember theirs."""

@@ -34,7 +34,7 @@ import httpx
 
 from platforms.base import SLOTS, Health, PlatformError, Result, RouterStats, SlotState, Traffic
 from platforms.environment import child_env
-from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, Revival
+from platforms.haproxy import HAPROXY_MISSING, HAProxyRouter, PreparedFlip, Revival
 from platforms.hooks import GROUP_KILLED, run_hook
 from platforms.host import StateLock, proc_start, proc_stat, tail, write_atomic
 
@@ -215,6 +215,10 @@ class LocalPlatform:
 
     def shift(self, weights: Mapping[str, int]) -> None:
         self.router.set_weights(weights)
+
+    def prepared_shift(self, weights: Mapping[str, int]) -> contextlib.AbstractContextManager[PreparedFlip]:
+        """The weight change made ready to fire (HAProxyRouter.prepared): releases flip back to back."""
+        return self.router.prepared(weights)
 
     def migrate(self, slot: str, version: str, env: Mapping[str, str]) -> Result:
         self._check_slot(slot)

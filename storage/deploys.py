@@ -17,6 +17,8 @@ ACTIVE = ("pending", "approved", "queued", "running", "needs_attention")
 # Statuses that hold the service's slots: no other deploy of it in that environment may start
 # meanwhile; approved ones wait in the queue, in the order their approvals completed.
 HOLDING = ("running", "needs_attention")
+# Columns stored as JSON text.
+_JSON = ("canary", "lint", "members")
 _INSTANTS = ("created_at", "updated_at", "queued_until", "started_at", "finished_at", "blue_retire_at", "traffic_at",
              "approved_at")
 
@@ -27,7 +29,7 @@ def _typed(row: dict[str, Any] | None) -> dict[str, Any] | None:
     out = dict(row)
     for k in _INSTANTS:
         out[k] = parse_iso(out.get(k))
-    for k in ("canary", "lint"):
+    for k in _JSON:
         out[k] = json.loads(out[k]) if out.get(k) else None
     return out
 
@@ -35,7 +37,7 @@ def _typed(row: dict[str, Any] | None) -> dict[str, Any] | None:
 def insert(store: Store, **values: Any) -> int:
     now = iso(utcnow())
     values = {"created_at": now, "updated_at": now, **values}
-    for k in ("canary", "lint"):
+    for k in _JSON:
         if k in values and values[k] is not None and not isinstance(values[k], str):
             values[k] = json.dumps(values[k])
     for k in _INSTANTS:
@@ -108,7 +110,7 @@ def transition(store: Store, deploy_id: int, from_: tuple[str, ...] | str, to: s
         sets.append(f"{k} = ?")
         if isinstance(v, dt.datetime):
             v = iso(v)
-        elif k in ("canary", "lint") and v is not None and not isinstance(v, str):
+        elif k in _JSON and v is not None and not isinstance(v, str):
             v = json.dumps(v)
         params.append(v)
     marks = ", ".join("?" for _ in from_)
@@ -123,6 +125,8 @@ def update(store: Store, deploy_id: int, **values: Any) -> None:
     sets, params = [], []
     for k, v in {**values, "updated_at": utcnow()}.items():
         sets.append(f"{k} = ?")
+        if k in _JSON and v is not None and not isinstance(v, str):
+            v = json.dumps(v)
         params.append(iso(v) if isinstance(v, dt.datetime) else v)
     store.execute(f"UPDATE deploys SET {', '.join(sets)} WHERE id = ?", [*params, deploy_id])
 
@@ -144,6 +148,44 @@ def history(store: Store, service: str | None = None, limit: int = 10) -> list[d
     else:
         rows = store.rows("SELECT * FROM deploys ORDER BY id DESC LIMIT ?", (limit,))
     return [_typed(r) for r in rows]
+
+
+# -- releases ----------------------------------------------------------------------------------
+
+
+def is_release(row: dict[str, Any] | None) -> bool:
+    """A release's parent row (a release deploy, or the rollback of one): its release_id is its own id."""
+    return bool(row) and row.get("release_id") is not None and row["release_id"] == row["id"]
+
+
+def is_member(row: dict[str, Any] | None) -> bool:
+    """A member row of a release: an ordinary deploy (or rollback) row of one service."""
+    return bool(row) and row.get("release_id") is not None and row["release_id"] != row["id"]
+
+
+def members(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """The member rows of a release (or of a release's rollback), in its switch order. A
+    `/rollback SERVICE` of one member on its own also names the release, but is not a member."""
+    kind = "rollback" if parent["kind"] == "rollback" else "deploy"
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE release_id = ? AND id != ? AND kind = ? ORDER BY id", (parent["id"], parent["id"], kind))]
+
+
+def solo_rollbacks(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rollbacks of single members of a release, made on their own with `/rollback SERVICE`."""
+    if parent["kind"] != "release":
+        return []
+    return [_typed(r) for r in store.rows(
+        "SELECT * FROM deploys WHERE release_id = ? AND id != ? AND kind = 'rollback' ORDER BY id", (parent["id"], parent["id"]))]
+
+
+def holding_member(store: Store, services: list[str], env: str) -> dict[str, Any] | None:
+    """The first deploy that holds any of `services` in `env`."""
+    for service in services:
+        row = holder(store, service, env)
+        if row is not None:
+            return row
+    return None
 
 
 # -- approvals ---------------------------------------------------------------------------------

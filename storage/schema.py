@@ -236,4 +236,13 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX steps_open ON steps(id) WHERE finished_at IS NULL",
         "CREATE INDEX deploys_rollbacks ON deploys(rollback_of) WHERE kind = 'rollback'",
     ],
+    # 9: releases (commands/releases.py): a release deploy is one parent row (kind 'release', service =
+    #    the release's name) whose `release_id` is its own id and whose `members` is the requested
+    #    plan (JSON: service, version, previous_version, lint per member); each member is an
+    #    ordinary deploy row of its service with `release_id` = the parent's id.
+    [
+        "ALTER TABLE deploys ADD COLUMN release_id INTEGER",
+        "ALTER TABLE deploys ADD COLUMN members TEXT",
+        "CREATE INDEX deploys_release ON deploys(release_id, id)",
+    ],
 ]

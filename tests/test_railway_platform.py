@@ -288,3 +288,13 @@ def test_a_railway_service_needs_its_table():
     del data["services"]["core"]["railway"]
     with pytest.raises(ConfigError, match="platform 'railway' needs a \\[services.NAME.railway\\] table"):
         parse_config(data)
+
+
+def test_a_railway_service_cannot_be_a_release_member(monkeypatch):
+    monkeypatch.setenv("RAILWAY_TOKEN", "railway-project-token")
+    data = config("http://127.0.0.1:9/graphql", "http://127.0.0.1:9")
+    data["services"]["web"] = {"platform": "command", "command": {"start": "true", "stop": "true", "shift": "true", "status": "true"}}
+    data["releases"] = {"k12": {"services": ["core", "web"]}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert "releases.k12.services: core runs on Railway" in str(err.value)

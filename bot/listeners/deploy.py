@@ -18,9 +18,11 @@ from bot.views.deploy import (
     ROLLBACK_USAGE,
     held_reply,
     history_reply,
+    release_rollback_preview,
     rollback_preview,
     thread_link,
 )
+from commands import releases
 from commands import rollback as rollbacks
 from commands.deploys import DeployError, HeldError
 
@@ -33,9 +35,10 @@ class DeployArgs:
     now_reason: str | None = None
     canary: list[int] | None = None
     contract: bool = False
+    words: list[str] | None = None  # a release's words after its name (commands.releases.parse_words)
 
 
-def parse_deploy(args: list[str]) -> DeployArgs:
+def parse_deploy(args: list[str], releases: frozenset[str] = frozenset()) -> DeployArgs:
     positional: list[str] = []
     now_reason = None
     canary = None
@@ -71,6 +74,8 @@ def parse_deploy(args: list[str]) -> DeployArgs:
             raise ParseError(f"unknown option `{a}`")
         positional.append(a)
         i += 1
+    if positional and positional[0] in releases:
+        return DeployArgs(positional[0], "", None, now_reason, canary, contract, words=positional[1:])
     if len(positional) < 2:
         raise ParseError("`/deploy` needs a SERVICE and a VERSION, like `/deploy web v2.4.1`")
     if len(positional) > 3:
@@ -91,7 +96,14 @@ def handle_deploy(rt: Runtime, user: str, text: str) -> dict[str, Any]:
                 raise ParseError("`/deploy history` takes at most one SERVICE")
             service = args[1] if len(args) == 2 else None
             return history_reply(deployer.history(service), service)
-        parsed = parse_deploy(args)
+        parsed = parse_deploy(args, frozenset(rt.cfg.releases))
+        if parsed.words is not None:
+            versions, env = releases.parse_words(deployer, parsed.service, parsed.words)
+            d = releases.request(deployer, actor=user, name=parsed.service, versions=versions, env=env,
+                                 now_reason=parsed.now_reason, canary=parsed.canary, contract=parsed.contract)
+            reply = ephemeral(f":memo: Release #{d['id']} of {d['service']} ({d['version']}) to {d['env']} requested: "
+                              f"its card is in <#{d['channel']}>, where approvers approve it and the thread follows every step.")
+            return {**reply, "deploy_id": d["id"]}
         d = deployer.request(actor=user, service=parsed.service, version=parsed.version, env=parsed.env,
                              now_reason=parsed.now_reason, canary=parsed.canary, contract=parsed.contract)
     except (ParseError, DeployError) as exc:
@@ -120,6 +132,9 @@ def handle_rollback(rt: Runtime, user: str, text: str) -> dict[str, Any]:
             return ephemeral(f"```{ROLLBACK_USAGE}```")
         if len(args) > 2:
             raise ParseError("`/rollback` takes a SERVICE and an optional ENV")
+        if args[0] in rt.cfg.releases:
+            return release_rollback_preview(releases.plan_rollback(deployer, args[0], args[1] if len(args) == 2 else None,
+                                                                   user, check_platform=False))
         service = args[0]
         railway = getattr(rt.cfg.services.get(service), "railway", None)
         # On Railway the preview asks Railway (one GraphQL call) whether it still retains the

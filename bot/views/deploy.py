@@ -27,9 +27,11 @@ from commands.windows import format_local
 from storage import deploys as rows
 
 DEPLOY_USAGE = """/deploy SERVICE VERSION [ENV] [--now REASON] [--canary 10,50] [--contract]
-/deploy history [SERVICE]
-/deploy dashboard                 a one-time link that signs you in to the web dashboard"""
-ROLLBACK_USAGE = "/rollback SERVICE [ENV]"
+/deploy RELEASE VERSION [ENV] ...          every member of [releases.RELEASE] at VERSION
+/deploy RELEASE SERVICE=VERSION... [ENV]   named members only, one version each
+/deploy history [SERVICE|RELEASE]
+/deploy dashboard                          a one-time link that signs you in to the web dashboard"""
+ROLLBACK_USAGE = "/rollback SERVICE|RELEASE [ENV]"
 
 STATUS_ICON = {
     "pending": ":large_yellow_circle:",
@@ -63,7 +65,9 @@ def window_line(rt: Runtime, d: dict[str, Any]) -> str:
         return f":hourglass: Queued until {zones_line(rt, d['queued_until'])}, {until_phrase(now, d['queued_until'])}"
     if d["status"] not in ("pending", "approved"):
         return ""
-    holder = rows.holder(rt.store, d["service"], d["env"])
+    deployer = rt.extras.get("deployer")
+    # A release waits for its members too (Deployer.held).
+    holder = deployer.held(d["service"], d["env"]) if deployer is not None else rows.holder(rt.store, d["service"], d["env"])
     if d["status"] == "approved" and holder and holder["id"] != d["id"]:
         return (f":hourglass: Waits for <{thread_link(holder)}|deploy #{holder['id']}> ({holder['version']}, "
                 f"{holder['status'].replace('_', ' ')}); starts when the service is free, in the order approvals completed")
@@ -151,6 +155,10 @@ def render_card(rt: Runtime, deploy_id: int) -> tuple[str, list[dict[str, Any]]]
     d = rows.get(rt.store, deploy_id)
     if d is None:
         return f"deploy #{deploy_id}", render([section(f"deploy #{deploy_id} no longer exists")])
+    if rows.is_member(d):
+        return render_card(rt, d["release_id"])  # a member's news shows on its release's card
+    if rows.is_release(d):
+        return render_release_card(rt, d)
     icon = STATUS_ICON.get(d["status"], "")
     frm = d["previous_version"] or "nothing"
     kind = "Rollback" if d["kind"] == "rollback" else "Deploy"
@@ -221,8 +229,15 @@ def history_reply(deploys: list[dict[str, Any]], service: str | None) -> dict[st
             took = f", {format_duration(d['finished_at'] - d['started_at'])}"
         when = d["created_at"].strftime("%Y-%m-%d %H:%M UTC")
         kind = "rollback to " if d["kind"] == "rollback" else ""
+        if rows.is_release(d):
+            kind = "release rollback: " if d["kind"] == "rollback" else "release: "
+            shown = ", ".join(f"{m['service']} {m['previous_version'] or 'nothing'} → *{m['version']}*" for m in d["members"] or [])
+            lines.append(f"{STATUS_ICON.get(d['status'], '')} #{d['id']} {d['service']} {kind}{shown} ({d['env']}) "
+                         f"by {requester_text(d)}, {when}{took}: {d['status'].replace('_', ' ')}")
+            continue
+        member = f" (release #{d['release_id']})" if rows.is_member(d) else ""
         lines.append(f"{STATUS_ICON.get(d['status'], '')} #{d['id']} {d['service']} {kind}*{d['version']}* ({d['env']}) "
-                     f"by {requester_text(d)}, {when}{took}: {d['status'].replace('_', ' ')}")
+                     f"by {requester_text(d)}, {when}{took}: {d['status'].replace('_', ' ')}{member}")
     return {"response_type": "ephemeral", "text": "Deploy history",
             "blocks": render([section(f"*Last deploys{' of ' + service if service else ''}*"), section("\n".join(lines))])}
 
@@ -276,3 +291,111 @@ def thread_rollback_blocks(text: str, d: dict[str, Any]) -> list[dict[str, Any]]
     return render([section(text), actions(f"thread-rollback-{d['id']}", button(
         "Roll back", "rollback_start", button_value(d), style="danger",
         confirm=confirm("Roll back?", "Traffic returns to the previous version in one router call.", "Roll back", style="danger")))])
+
+
+# -- releases ---------------------------------------------------------------------------------------
+
+
+def release_lines(rt: Runtime, d: dict[str, Any]) -> list[str]:
+    """One line per member: from -> to, its state and its steps (or the plan, before it starts)."""
+    members = rows.members(rt.store, d)
+    solo = {r["rollback_of"]: r for r in rows.solo_rollbacks(rt.store, d)}
+    lines = []
+    if not members:
+        for m in d["members"] or []:
+            lines.append(f"• *{m['service']}* {m['previous_version'] or 'nothing'} → *{m['version']}*")
+        return lines
+    for m in members:
+        icon = STATUS_ICON.get(m["status"], "")
+        steps = " · ".join(step_lines(rt, m["id"]))
+        line = (f"• *{m['service']}* {m['previous_version'] or 'nothing'} → *{m['version']}*: {icon} "
+                f"{m['status'].replace('_', ' ')}" + (f"  ({steps})" if steps else ""))
+        own = solo.get(m["id"])
+        if own is not None:
+            line += (f"\n      :leftwards_arrow_with_hook: {m['service']} was rolled back on its own to {own['version']} "
+                     f"by {requester_text(own)} (#{own['id']}, {own['status'].replace('_', ' ')})")
+        lines.append(line)
+    return lines
+
+
+def release_blue_kept(rt: Runtime, d: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The members whose previous version is still kept, when every member that is live with this
+    release still has one (so the release can flip back in one click); else None."""
+    members = [m for m in rows.members(rt.store, d) if m["status"] == "succeeded"]
+    if not members or any(m["blue_retired"] or not m["blue_version"] for m in members):
+        return None
+    return members
+
+
+def render_release_card(rt: Runtime, d: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    icon = STATUS_ICON.get(d["status"], "")
+    kind = "Rollback of release" if d["kind"] == "rollback" else "Release"
+    title = f"{kind} #{d['id']}: {d['service']} ({d['env']})"
+    blocks: list[Any] = [header(title[:150])]
+    status_text = "rolled back" if d["status"] == "succeeded" and d["kind"] == "rollback" else d["status"].replace("_", " ")
+    lines = [f"{icon} *{status_text.capitalize()}*" + (f": {d['outcome']}" if d["outcome"] else "")]
+    lines.append(f"Requested by {requester_text(d)}")
+    approvers = rows.approvers(rt.store, d["id"])
+    if d["approvals_needed"] or approvers:
+        who = ", ".join(f"<@{u}>" for u in approvers) or "none yet"
+        lines.append(f"Approvals: {len(approvers)} of {d['approvals_needed']} ({who})")
+    if d["canary"]:
+        lines.append(f"Canary (every member): {' → '.join(f'{p}%' for p in d['canary'])} → 100%")
+    blocks.append(section("\n".join(lines)))
+    blocks.append(section("*Members* (start and switch order):\n" + "\n".join(release_lines(rt, d))))
+    wl = window_line(rt, d)
+    if wl:
+        blocks.append(section(wl))
+    if d["now_reason"] and d["status"] in ("pending", "approved", "queued", "running"):
+        blocks.append(section(f":rotating_light: *EMERGENCY OVERRIDE (--now):* {escape_mrkdwn(d['now_reason'])}"))
+    for m in d["members"] or []:
+        svc = rt.cfg.services.get(m["service"])
+        applies = bool(svc and getattr(getattr(svc, svc.platform, None), "migrate", None))
+        mig = migration_lines({"lint": m["lint"], "contract": d["contract"]}, applies)
+        if mig:
+            blocks.append(section(f"*{m['service']}* " + mig[0][0].lower() + mig[0][1:] + "\n" + "\n".join(mig[1:])))
+    steps = step_lines(rt, d["id"])
+    if steps:
+        blocks.append(context("Release:  " + "  ·  ".join(steps)))
+    buttons = []
+    value = button_value(d)
+    if d["status"] == "pending":
+        buttons += [button("Approve", "deploy_approve", value, style="primary"), button("Reject", "deploy_reject", value, style="danger")]
+    if d["status"] in ("pending", "approved", "queued"):
+        buttons.append(button("Cancel", "deploy_cancel", value))
+    if d["status"] == "running" and d["kind"] == "release":
+        buttons.append(button("Stop", "deploy_stop", value, style="danger", confirm=confirm(
+            "Stop this release?", "Every member goes back to the version it ran and every green is stopped.",
+            "Stop it", "Keep going")))
+    kept = release_blue_kept(rt, d) if d["status"] == "succeeded" else None
+    if kept:
+        label = "Undo rollback" if d["kind"] == "rollback" else "Roll back"
+        buttons.append(button(label, "rollback_card", value, style="danger", confirm=confirm(
+            "Roll back every member?", "Every member returns to the version it ran before, in reverse order, "
+            "flipped together.", label, style="danger")))
+        until = min(m["blue_retire_at"] for m in kept if m["blue_retire_at"]) if any(m["blue_retire_at"] for m in kept) else None
+        if until:
+            blocks.append(context(f"The previous versions are kept for rollback until {viewer_time(until)} (`keep_blue`)."))
+    if buttons:
+        blocks.append(actions(f"deploy-{d['id']}", *buttons))
+    blocks.append(divider())
+    return f"{icon} {title}: {status_text}", render(blocks)
+
+
+def release_rollback_preview(plan: Any) -> dict[str, Any]:
+    live = plan.live
+    moves = "\n".join(f"• *{m['service']}* {m['version']} → *{m['previous_version']}*" for m in plan.back)
+    skipped = "".join(f"\n• {s}: left as it is" for s in plan.skipped)
+    undo = live["kind"] == "rollback"
+    title = (f":warning: *Undo rollback #{live['id']}* of release {plan.name} in {plan.env}" if undo
+             else f"*Roll back release {plan.name} in {plan.env}* (#{live['id']}), in reverse order:")
+    label = "Undo rollback" if undo else "Roll back"
+    how = ("Every previous version is still running: the members flip back together, in one click." if plan.fast else
+           f"The previous version of {', '.join(plan.retired)} was retired (`keep_blue`), so every member's previous "
+           f"version is redeployed blue-green through the release pipeline (a few seconds to minutes), in reverse order.")
+    blocks = [section(f"{title}\n{moves}{skipped}\n{how}"),
+              actions(f"rollback-{live['id']}", button(label, "rollback_start", button_value(live), style="danger",
+                                                      confirm=confirm(f"{label} release {plan.name}?",
+                                                                      "Every member listed returns to its previous version.",
+                                                                      label, style="danger")))]
+    return {"response_type": "ephemeral", "text": f"{label}: release {plan.name}?", "blocks": render(blocks)}
