@@ -399,3 +399,38 @@ def test_a_release_counts_once_per_member_service_in_dora_and_metrics_and_never_
     assert sample(families, "recess_dora_deployment_frequency", service="all", env="production", days="30") == \
         pytest.approx(6 / (30 / 7))
     assert sample(families, "recess_deploys_in_progress") == 0
+
+
+def test_a_release_rollback_is_one_line_and_a_member_rolled_back_on_its_own_stays_its_own_line(server_factory):
+    from tests.test_e2e_local import wait_status
+    from tests.test_metrics import sample, scrape
+
+    srv = released_twice(server_factory)
+    srv.rt.outbox.flush()
+    srv.command("/rollback", "core")
+    srv.click("rollback_start", 6, user=ENGINEER)  # core alone, the old way: deploy #10
+    assert wait_status(srv, 10, ("succeeded", "failed"))["status"] == "succeeded"
+    srv.command("/rollback", "k12")
+    srv.click("rollback_start", 5, user=ENGINEER)  # the rest of the release: #11, members #12 and #13
+    rollback = wait_status(srv, 11, ("succeeded", "failed"))
+    assert rows.is_release(rollback) and rollback["status"] == "succeeded", rollback["outcome"]
+    assert [m["id"] for m in rows.members(srv.rt.store, rollback)] == [12, 13]
+    client = srv.dashboard_client()
+    recent = client.get("/dashboard").text.split('id="recent"')[1].split("</table>")[0]
+    assert "rollback of release k12</td><td>ai-gateway v2 → v1, web v2 → v1</td>" in recent
+    assert 'href="/dashboard/deploys/10">10</a></td><td>core</td><td>v1</td>' in recent  # a deploy of its own
+    for folded in (12, 13):
+        assert f'href="/dashboard/deploys/{folded}"' not in recent
+    release = client.get("/dashboard/deploys/5").text
+    assert 'core was rolled back on its own by <a href="/dashboard/deploys/10">#10</a>' in release
+    assert "Rolled back by <a href=\"/dashboard/deploys/11\">#11</a>" in release
+    solo = client.get("/dashboard/deploys/10").text
+    assert 'A rollback of one member of <a href="/dashboard/deploys/5">release k12 #5</a>' in solo
+    everyone = dash.dora(srv.cfg, srv.rt.store, now=AFTER_SCHOOL, days=30)
+    assert sorted(everyone.failure_rate.ids) == [6, 7, 8] and everyone.changes == 6  # one failed change per member service
+    families = scrape(srv)
+    assert sample(families, "recess_rollback_seconds", "_count") == 3  # #10, #12, #13: not the release's own row
+    for name, samples in families.items():
+        assert all(s.labels.get("service") != "k12" for s in samples), name
+    assert sample(families, "recess_deploys", "_total", service="core", env="production", outcome="rolled_back") == 1
+    assert sample(families, "recess_live_info", service="web", env="production", version="v1") == 1
