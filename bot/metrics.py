@@ -139,6 +139,13 @@ class StoreCollector:
         for r in store.rows(f"SELECT service, env, status, count(*) AS n FROM deploys INDEXED BY deploys_rollbacks"
                             f" WHERE kind = 'rollback' AND {finished} GROUP BY service, env, status"):
             counts[(r["service"], r["env"], r["status"])] -= r["n"]
+        # A release's own row is not a deployment of any service (its `service` is the release's
+        # name): its members are, each counted above under its service. Rollbacks of releases
+        # were taken out with the other rollbacks.
+        for r in store.rows(f"SELECT service, env, status, count(*) AS n FROM deploys INDEXED BY deploys_release"
+                            f" WHERE release_id > 0 AND release_id = id AND kind = 'release' AND {finished}"
+                            f" GROUP BY service, env, status"):
+            counts[(r["service"], r["env"], r["status"])] -= r["n"]
         for labels, n in sorted(counts.items()):
             if n > 0:
                 deploys.add_metric(list(labels), n)
@@ -157,7 +164,7 @@ class StoreCollector:
 
         rollback = _Buckets(ROLLBACK_BUCKETS)
         for r in store.rows("SELECT created_at, traffic_at FROM deploys INDEXED BY deploys_rollbacks"
-                            " WHERE kind = 'rollback' AND traffic_at IS NOT NULL"):
+                            f" WHERE kind = 'rollback' AND traffic_at IS NOT NULL AND NOT {rows.PARENT_SQL}"):
             seconds = _seconds(r["created_at"], r["traffic_at"])
             if seconds is not None:
                 rollback.add(seconds)
@@ -170,7 +177,7 @@ class StoreCollector:
         for service in cfg.services:
             for env in cfg.service_environments(service):
                 d = rows.live(store, service, env)
-                if d is not None:
+                if d is not None:  # cfg.services: never a release's name
                     live.add_metric([service, env, d["version"]], 1)
         yield live
 
@@ -215,7 +222,9 @@ class NowCollector:
 
     def collect(self) -> Iterator[Metric]:
         store = self.rt.store
-        counts = store.row("SELECT (SELECT count(*) FROM deploys WHERE status IN ('running', 'needs_attention')) AS running,"
+        # Member rows count, one per service; a release's own row does not (see docs/dashboard.md).
+        counts = store.row("SELECT (SELECT count(*) FROM deploys WHERE status IN ('running', 'needs_attention')"
+                           f" AND NOT {rows.PARENT_SQL}) AS running,"
                            " (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS outbox")
         yield GaugeMetricFamily("recess_deploys_in_progress", "Deploys running or needing attention", value=counts["running"])
         safe = current_calendar(self.rt.cfg, store).is_safe(self.rt.now())

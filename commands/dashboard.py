@@ -44,6 +44,22 @@ class ServiceState:
     live: dict[str, Any] | None  # the deploy whose version serves
     kept_version: str | None = None  # the previous version, still in the other slot
     kept_until: dt.datetime | None = None
+    release: dict[str, Any] | None = None  # the release whose member the live deploy is
+
+
+def release_summary(d: dict[str, Any]) -> str:
+    """A release's (or its rollback's) members as 'core v1 → v2, web nothing → v2', in switch order."""
+    return ", ".join(f"{m['service']} {m.get('previous_version') or 'nothing'} → {m['version']}" for m in d.get("members") or [])
+
+
+def release_title(d: dict[str, Any]) -> str:
+    """'release k12' or 'rollback of release k12'."""
+    return f"rollback of release {d['service']}" if d["kind"] == "rollback" else f"release {d['service']}"
+
+
+def fold(store: Store, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`found` with each release's member rows left out: the release's own row stands for them."""
+    return [d for d in found if not rows.folded(store, d)]
 
 
 @dataclass
@@ -69,6 +85,8 @@ def overview(cfg: Config, store: Store, calendar: Calendar, *, now: dt.datetime,
         for env in cfg.service_environments(service):
             live = rows.live(store, service, env)
             state = ServiceState(service, env, live)
+            if rows.is_member(live):
+                state.release = rows.get(store, live["release_id"])
             if live and live.get("blue_version") and not live.get("blue_retired") and live.get("blue_retire_at"):
                 if live["blue_retire_at"] > now:
                     state.kept_version, state.kept_until = live["blue_version"], live["blue_retire_at"]
@@ -78,10 +96,10 @@ def overview(cfg: Config, store: Store, calendar: Calendar, *, now: dt.datetime,
         now=now,
         verdict=verdict,
         services=states,
-        in_progress=[d for d in active if d["status"] in ("running", "needs_attention")],
-        queued=[d for d in active if d["status"] in ("approved", "queued")],
-        waiting=[d for d in active if d["status"] == "pending"],
-        recent=rows.history(store, None, recent),
+        in_progress=fold(store, [d for d in active if d["status"] in ("running", "needs_attention")]),
+        queued=fold(store, [d for d in active if d["status"] in ("approved", "queued")]),
+        waiting=fold(store, [d for d in active if d["status"] == "pending"]),
+        recent=rows.history_folded(store, recent),
     )
 
 
@@ -161,13 +179,23 @@ def deploy_page(cfg: Config, store: Store, *, service: str | None = None, env: s
     if ids is not None:
         where.append("id IN (SELECT value FROM json_each(?))")
         params.append(_json_list(ids))
+    elif not service:
+        # A release is one row (its parent); `service=` naming a member lists its member rows.
+        where.append(f"NOT {rows.FOLDED_SQL}")
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     total = store.execute(f"SELECT count(*) FROM deploys{clause}", params).fetchone()[0]
     pages = max(1, -(-total // per_page))
     found = store.rows(f"SELECT * FROM deploys{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                        [*params, per_page, (page - 1) * per_page])
     filters = {k: v for k, v in (("service", service), ("env", env), ("status", status)) if v}
-    return DeployPage([rows._typed(r) for r in found], page, pages, total, filters)
+    deploys = [rows._typed(r) for r in found]
+    parents = {d["release_id"] for d in deploys if rows.is_member(d)}
+    names = {r["id"]: r["service"] for r in store.rows(
+        "SELECT id, service FROM deploys WHERE id IN (SELECT value FROM json_each(?))", (_json_list(sorted(parents)),))}
+    for d in deploys:
+        if rows.is_member(d):
+            d["release_name"] = names.get(d["release_id"])
+    return DeployPage(deploys, page, pages, total, filters)
 
 
 def _json_list(ids: list[int]) -> str:
@@ -181,6 +209,9 @@ class DeployDetail:
     approvals: list[dict[str, Any]]
     rollbacks: list[dict[str, Any]]  # rollback rows that undid this deploy
     undoes: dict[str, Any] | None  # for a rollback: the deploy it undid
+    members: list[dict[str, Any]] = field(default_factory=list)  # a release's member rows, in switch order
+    release: dict[str, Any] | None = None  # for a member (or a solo rollback of one): its release
+    solo_rollbacks: list[dict[str, Any]] = field(default_factory=list)  # members of a release rolled back on their own
 
 
 def deploy_detail(store: Store, deploy_id: int) -> DeployDetail:
@@ -192,7 +223,18 @@ def deploy_detail(store: Store, deploy_id: int) -> DeployDetail:
         a["at"] = parse_iso(a["at"])
     undone_by = [rows._typed(r) for r in store.rows("SELECT * FROM deploys WHERE rollback_of = ? ORDER BY id", (deploy_id,))]
     undoes = rows.get(store, d["rollback_of"]) if d.get("rollback_of") else None
-    return DeployDetail(d, rows.steps(store, deploy_id), approvals, undone_by, undoes)
+    detail = DeployDetail(d, rows.steps(store, deploy_id), approvals, undone_by, undoes)
+    if rows.is_release(d):
+        detail.members = rows.members(store, d)
+        # One timeline: the release's own steps (the switch, the bake) and each member's, by start.
+        merged = list(detail.steps)
+        for m in detail.members:
+            merged += [{**st, "name": f"{m['service']}: {st['name']}"} for st in rows.steps(store, m["id"])]
+        detail.steps = sorted(merged, key=lambda st: (st["started_at"], st["id"]))
+        detail.solo_rollbacks = rows.solo_rollbacks(store, d)
+    elif rows.is_member(d):
+        detail.release = rows.get(store, d["release_id"])
+    return detail
 
 
 # -- DORA four keys -------------------------------------------------------------------------------
@@ -226,7 +268,7 @@ class Dora:
 
 def _history(store: Store, env: str, since: dt.datetime, service: str | None) -> list[dict[str, Any]]:
     sql = ("SELECT id, kind, service, env, status, created_at, traffic_at, finished_at, committed_at, rollback_of"
-           " FROM deploys WHERE env = ? AND traffic_at >= ?")
+           f" FROM deploys WHERE env = ? AND traffic_at >= ? AND NOT {rows.PARENT_SQL}")
     params: list[Any] = [env, iso(since)]
     if service:
         sql += " AND service = ?"

@@ -171,6 +171,31 @@ def members(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
         "SELECT * FROM deploys WHERE release_id = ? AND id != ? AND kind = ? ORDER BY id", (parent["id"], parent["id"], kind))]
 
 
+# A member row folded into its release's line: a deploy row with a release_id other than its own
+# (only a release writes those), or a rollback row of a release's rollback. A `/rollback SERVICE`
+# of one member also names the release but is a deploy of its own, so it is not folded.
+FOLDED_SQL = ("(deploys.release_id IS NOT NULL AND deploys.release_id != deploys.id AND (deploys.kind = 'deploy'"
+              " OR EXISTS (SELECT 1 FROM deploys p WHERE p.id = deploys.release_id AND p.kind = 'rollback')))")
+# Parent rows of releases (and of their rollbacks): their `service` is the release's name.
+PARENT_SQL = "(deploys.release_id IS NOT NULL AND deploys.release_id = deploys.id)"
+
+
+def folded(store: Store, row: dict[str, Any]) -> bool:
+    """True for a member row that its release's line stands for (see FOLDED_SQL)."""
+    if not is_member(row):
+        return False
+    if row["kind"] == "deploy":
+        return True
+    parent = store.row("SELECT kind FROM deploys WHERE id = ?", (row["release_id"],))
+    return bool(parent) and parent["kind"] == "rollback"
+
+
+def history_folded(store: Store, limit: int = 10) -> list[dict[str, Any]]:
+    """The last deploys with each release as one row (its parent) and its members left out."""
+    return [_typed(r) for r in store.rows(
+        f"SELECT * FROM deploys WHERE NOT {FOLDED_SQL} ORDER BY id DESC LIMIT ?", (limit,))]
+
+
 def solo_rollbacks(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
     """Rollbacks of single members of a release, made on their own with `/rollback SERVICE`."""
     if parent["kind"] != "release":

@@ -56,7 +56,8 @@ def test_app_home_stays_within_slacks_limits_at_20_services_and_50_flags(server_
     from tests.harness import BASE_CONFIG
 
     base = BASE_CONFIG.replace("portfolio_enabled = true\n", "portfolio_enabled = true\n" + flags)
-    srv = server_factory(many_services(20) + NO_REFRESH, clock=FakeClock(AFTER_SCHOOL), base=base)
+    release = '\n[releases.all20]\nservices = [' + ", ".join(f'"svc{i:02d}"' for i in range(20)) + ']\n'
+    srv = server_factory(many_services(20) + release + NO_REFRESH, clock=FakeClock(AFTER_SCHOOL), base=base)
     store = srv.rt.store
     for i in range(20):
         for env in ("production", "staging"):
@@ -65,6 +66,11 @@ def test_app_home_stays_within_slacks_limits_at_20_services_and_50_flags(server_
                         blue_retired=0, blue_retire_at=AFTER_SCHOOL + dt.timedelta(minutes=20))
         rows.insert(store, service=f"svc{i:02d}", env="production", version=f"v{i}.1", requester=ENGINEER,
                     status=("pending", "queued", "running")[i % 3], queued_until=AFTER_SCHOOL + dt.timedelta(hours=1))
+    for n in range(10):  # ten releases of all twenty services: the longest lines Recent shows
+        plan = [{"service": f"svc{i:02d}", "version": f"v{i}.{n + 1}.0-build.{i * 1000}",
+                 "previous_version": f"v{i}.{n}.0-build.{i * 1000}"} for i in range(20)]
+        parent = seed_release(store, "all20", plan, status="succeeded", traffic_at=AFTER_SCHOOL - dt.timedelta(days=2, hours=n))
+        assert rows.is_release(rows.get(store, parent))
     for viewer in (APPROVER_1, ENGINEER):
         view = home.home_view(srv.rt, viewer, "America/New_York")
         View(**view).to_dict()  # slack_sdk checks the Home tab's own limits (100 blocks)
@@ -72,11 +78,25 @@ def test_app_home_stays_within_slacks_limits_at_20_services_and_50_flags(server_
         assert len(json.dumps(view).encode()) <= 250_000
         text = text_of(view)
         assert "svc19" in text and "v19.0.0-build.19000" in text and "kept v0.0.0-prev until" in text
-        assert "Recent deploys" in text
+        assert "Recent deploys" in text and "release all20: svc00 v0.0.0-build.0 → v0.1.0-build.0" in text
     admin = text_of(home.home_view(srv.rt, APPROVER_1, "America/New_York"))
     assert "waiting on you" in admin
     shown = admin.count('"radio_buttons"')
     assert shown == 52 or (shown >= 30 and "more flags: the web dashboard" in admin)  # what does not fit says where it is
+
+
+def seed_release(store, name: str, plan: list[dict], *, status: str, env: str = "production", **values) -> int:  # noqa: ANN001, ANN003
+    """A release's parent row and, once it started, one member row per service, as a release writes them."""
+    started = values.get("started_at")
+    parent = rows.insert(store, kind="release", service=name, env=env, version="see members", requester=ENGINEER,
+                         status=status, members=plan, **values)
+    rows.update(store, parent, release_id=parent)
+    if status not in ("pending", "approved", "queued"):
+        for m in plan:
+            rows.insert(store, kind="deploy", service=m["service"], env=env, version=m["version"],
+                        previous_version=m["previous_version"], requester=ENGINEER, status=status, release_id=parent,
+                        started_at=started, traffic_at=values.get("traffic_at"), finished_at=values.get("finished_at"))
+    return parent
 
 
 def test_app_home_shows_live_kept_waiting_on_the_viewer_first_safe_until_and_recent(server_factory, slack):
@@ -153,3 +173,56 @@ def test_app_home_is_republished_to_recent_viewers_only_when_something_changed(s
     clock[0] += 16 * 60  # nobody opened it in the last 15 minutes
     srv.command("/flag", "off portfolio_enabled tenant=lincoln-high", user=APPROVER_1)
     assert home.refresh(srv.rt, monotonic=lambda: clock[0]) == 0
+
+
+# -- releases --------------------------------------------------------------------------------------
+
+
+def section_of(view: dict, title: str) -> str:
+    """The mrkdwn of the section under `*title*`."""
+    for block in view["blocks"]:
+        text = (block.get("text") or {}).get("text", "") if block.get("type") == "section" else ""
+        if text.startswith(f"*{title}*"):
+            return text
+    raise AssertionError(f"no section {title!r} in the view")
+
+
+def test_app_home_shows_a_release_as_one_line_with_its_members_and_live_versions_name_it(server_factory, slack):
+    from tests.test_dashboard import RELEASE_LINE, released_twice
+
+    srv = released_twice(server_factory, NO_REFRESH)
+    view = open_home(srv, slack, APPROVER_1, "EvR1")
+    recent = section_of(view, "Recent deploys")
+    assert recent.count(RELEASE_LINE) == 1 and "release k12: core nothing → v1" in recent
+    assert recent.count("|#") == 3  # three releases, each one line: their nine member rows are folded in
+    assert "(production): succeeded" in recent.split(RELEASE_LINE, 1)[1][:40]
+    assert "https://slack.com/archives/" in recent  # each links its thread
+    flight = section_of(view, "In flight")
+    assert "release k12: core v2 → v3, web v2 → v3, ai-gateway v2 → v3 to production: waiting for approval *waiting on you*" in flight
+    live = section_of(view, "Live")
+    for service in ("core", "web", "ai-gateway"):
+        line = live.split(f"• *{service}* (production): ", 1)[1].split("\n", 1)[0]
+        assert line.startswith("*v2* since") and "(release k12 <https://slack.com/archives/" in line and "|#5>)" in line
+    assert "*k12*" not in live  # live versions stay per service
+
+
+def test_app_home_folds_a_running_release_into_one_line_with_how_long_it_has_run(server_factory, slack):
+    from tests.test_releases import COMMAND_SERVICES, RELEASE
+
+    srv = server_factory(COMMAND_SERVICES + RELEASE + NO_REFRESH, clock=FakeClock(AFTER_SCHOOL))
+    plan = [{"service": s, "version": v, "previous_version": p}
+            for s, p, v in (("core", "v1", "v2"), ("web", "v1", "v2"), ("ai-gateway", "v3", "v4"))]
+    running = seed_release(srv.rt.store, "k12", plan, status="running", started_at=AFTER_SCHOOL - dt.timedelta(minutes=3))
+    later = [{**m, "previous_version": m["version"], "version": "v9"} for m in plan]
+    queued = seed_release(srv.rt.store, "k12", later, status="queued", queued_until=AFTER_SCHOOL + dt.timedelta(hours=1))
+    flight = section_of(open_home(srv, slack, APPROVER_1, "EvR2"), "In flight")
+    assert f"#{running} release k12: core v1 → v2, web v1 → v2, ai-gateway v3 → v4 to production: running for 3 min" in flight
+    assert f"#{queued} release k12: core v2 → v9, web v2 → v9, ai-gateway v4 → v9 to production: queued until" in flight
+    assert flight.count("\n") == 2  # two lines under the title: the three running member rows are not lines of their own
+    page = srv.dashboard_client(APPROVER_1).get("/dashboard").text
+    progress = page.split('id="in-progress"')[1].split("<h2>Queued")[0]
+    assert progress.count('class="card"') == 1 and "release k12: core v1 → v2, web v1 → v2, ai-gateway v3 → v4" in progress
+    assert "for 3 min" in progress
+    from tests.test_metrics import sample, scrape
+
+    assert sample(scrape(srv), "recess_deploys_in_progress") == 3  # one per member service, not the release's own row

@@ -8,6 +8,7 @@ import re
 import httpx
 import pytest
 
+from commands import dashboard as dash
 from storage import audit
 from storage import deploys as rows
 from tests.harness import APPROVER_1, APPROVER_2, ENGINEER, FAKE_SERVICE, FakeClock
@@ -293,3 +294,143 @@ def test_sessions_and_unspent_links_survive_a_restart(server_factory):
     assert page.status_code == 200 and APPROVER_1 in page.text
     token = spare.split("token=", 1)[1]
     assert httpx.post(f"{second.url}/dashboard/signin", data={"token": token}).status_code == 303
+
+
+# -- releases: one line, one row, its members on its page, counted once -------------------------
+
+
+def released_twice(server_factory, extra: str = ""):  # noqa: ANN001, ANN201
+    """A server with release k12 (core, web, ai-gateway) deployed for real twice, v1 then v2, on
+    the fake platform (each a parent row and three member rows), and v3 requested, waiting."""
+    from tests.fake_platform import FakePlatform
+    from tests.test_e2e_local import approve, wait_status
+    from tests.test_releases import COMMAND_SERVICES, MEMBERS, RELEASE
+
+    srv = server_factory(COMMAND_SERVICES + RELEASE + extra, clock=FakeClock(AFTER_SCHOOL))
+    fakes = {name: FakePlatform(name) for name in (*MEMBERS, "lunch")}
+    srv.rt.extras["platform_factory"] = lambda cfg, service, env: fakes[service]
+    for version, parent in (("v1", 1), ("v2", 5)):
+        srv.command("/deploy", f"k12 {version}", user=ENGINEER)
+        approve(srv, parent)
+        done = wait_status(srv, parent, ("succeeded", "failed", "rolled_back"))
+        assert done["status"] == "succeeded", done["outcome"]
+    srv.command("/deploy", "k12 v3", user=ENGINEER)
+    srv.rt.outbox.flush()
+    assert rows.is_release(rows.get(srv.rt.store, 9)) and rows.get(srv.rt.store, 9)["status"] == "pending"
+    return srv
+
+
+RELEASE_LINE = "release k12: core v1 → v2, web v1 → v2, ai-gateway v1 → v2"
+
+
+def test_overview_shows_a_release_as_one_line_with_its_members_and_live_versions_name_it(server_factory):
+    srv = released_twice(server_factory)
+    page = srv.dashboard_client(APPROVER_1).get("/dashboard")
+    assert page.status_code == 200
+    recent = page.text.split('id="recent"')[1].split("</table>")[0]
+    assert recent.count("<tr") == 1 + 3  # the header and three releases: no member row of its own
+    assert RELEASE_LINE.split(": ", 1)[1] in recent and "core nothing → v1, web nothing → v1" in recent
+    assert "<td>core</td>" not in recent
+    waiting = page.text.split('id="waiting"')[1].split("</div>\n\n")[0]
+    assert "#9 release k12: core v2 → v3, web v2 → v3, ai-gateway v2 → v3" in waiting and "waiting on you" in waiting
+    for service in ("core", "web", "ai-gateway"):
+        live = re.search(rf'data-service="{service}" data-env="production">(.*?)</tr>', page.text, re.S).group(1)
+        assert "<strong>v2</strong>" in live and 'href="/dashboard/deploys/5">(release k12 #5)</a>' in live
+    assert 'data-service="k12"' not in page.text  # live versions stay per service
+
+
+def test_deploys_list_a_release_as_one_row_and_a_member_filter_finds_its_member_rows(server_factory):
+    srv = released_twice(server_factory)
+    client = srv.dashboard_client()
+    listed = client.get("/dashboard/deploys")
+    assert "3 deploys" in listed.text
+    table = listed.text.split('id="deploys"')[1].split("</table>")[0]
+    assert table.count('<tr class="release">') == 3 and "core v1 → v2, web v1 → v2, ai-gateway v1 → v2" in table
+    core = client.get("/dashboard/deploys?service=core")
+    assert "2 deploys" in core.text
+    core_rows = core.text.split('id="deploys"')[1].split("</table>")[0]
+    assert core_rows.count("<td>core</td>") == 2
+    assert 'href="/dashboard/deploys/1">(release k12 #1)</a>' in core_rows
+    assert 'href="/dashboard/deploys/5">(release k12 #5)</a>' in core_rows
+
+
+def test_a_release_page_shows_its_members_with_links_steps_and_approvals_and_a_member_links_its_release(server_factory):
+    srv = released_twice(server_factory)
+    client = srv.dashboard_client()
+    page = client.get("/dashboard/deploys/5")
+    assert page.status_code == 200
+    assert "Release k12 #5 to production: core v1 → v2, web v1 → v2, ai-gateway v1 → v2" in page.text
+    members = page.text.split('id="members"')[1].split("</table>")[0]
+    for member_id, service in zip((6, 7, 8), ("core", "web", "ai-gateway"), strict=True):
+        assert f'<tr data-service="{service}"><td><a href="/dashboard/deploys/{member_id}">{member_id}</a></td>' in members
+    assert members.count("s-succeeded") == 3
+    steps = page.text.split('id="steps"')[1].split("</table>")[0]
+    assert "<td>shift</td>" in steps  # the release's own switch
+    for service in ("core", "web", "ai-gateway"):
+        assert f"<td>{service}: " in steps  # and each member's steps, on one timeline
+    assert APPROVER_1 in page.text.split('id="approvals"')[1][:200]
+    member = client.get("/dashboard/deploys/6")
+    assert member.status_code == 200
+    assert 'id="release-of">A member of <a href="/dashboard/deploys/5">release k12 #5</a>' in member.text
+
+
+def test_a_release_counts_once_per_member_service_in_dora_and_metrics_and_never_as_a_service(server_factory):
+    from tests.test_metrics import sample, scrape
+
+    srv = released_twice(server_factory)
+    members = [r["id"] for r in srv.rt.store.rows("SELECT id FROM deploys WHERE kind = 'deploy' ORDER BY id")]
+    assert members == [2, 3, 4, 6, 7, 8]
+    everyone, *per_service = dash.dora_all(srv.cfg, srv.rt.store, now=AFTER_SCHOOL, days=30)
+    assert sorted(everyone.frequency.ids) == members  # the parents (1, 5) are not deployments of a service
+    assert everyone.changes == 6
+    by_service = {d.service: d for d in per_service}
+    assert "k12" not in by_service
+    for service, ids in (("core", [2, 6]), ("web", [3, 7]), ("ai-gateway", [4, 8]), ("lunch", [])):
+        assert sorted(by_service[service].frequency.ids) == ids and by_service[service].changes == len(ids)
+    families = scrape(srv)
+    for name, samples in families.items():
+        assert all(s.labels.get("service") != "k12" for s in samples), name
+    for service in ("core", "web", "ai-gateway"):
+        assert sample(families, "recess_deploys", "_total", service=service, env="production", outcome="succeeded") == 2
+        assert sample(families, "recess_live_info", service=service, env="production", version="v2") == 1
+        assert sample(families, "recess_deploy_duration_seconds", "_count", service=service, env="production") == 2
+        assert sample(families, "recess_dora_deployment_frequency", service=service, env="production", days="30") == \
+            pytest.approx(2 / (30 / 7))
+    assert sample(families, "recess_dora_deployment_frequency", service="all", env="production", days="30") == \
+        pytest.approx(6 / (30 / 7))
+    assert sample(families, "recess_deploys_in_progress") == 0
+
+
+def test_a_release_rollback_is_one_line_and_a_member_rolled_back_on_its_own_stays_its_own_line(server_factory):
+    from tests.test_e2e_local import wait_status
+    from tests.test_metrics import sample, scrape
+
+    srv = released_twice(server_factory)
+    srv.rt.outbox.flush()
+    srv.command("/rollback", "core")
+    srv.click("rollback_start", 6, user=ENGINEER)  # core alone, the old way: deploy #10
+    assert wait_status(srv, 10, ("succeeded", "failed"))["status"] == "succeeded"
+    srv.command("/rollback", "k12")
+    srv.click("rollback_start", 5, user=ENGINEER)  # the rest of the release: #11, members #12 and #13
+    rollback = wait_status(srv, 11, ("succeeded", "failed"))
+    assert rows.is_release(rollback) and rollback["status"] == "succeeded", rollback["outcome"]
+    assert [m["id"] for m in rows.members(srv.rt.store, rollback)] == [12, 13]
+    client = srv.dashboard_client()
+    recent = client.get("/dashboard").text.split('id="recent"')[1].split("</table>")[0]
+    assert "rollback of release k12</td><td>ai-gateway v2 → v1, web v2 → v1</td>" in recent
+    assert 'href="/dashboard/deploys/10">10</a></td><td>core</td><td>v1</td>' in recent  # a deploy of its own
+    for folded in (12, 13):
+        assert f'href="/dashboard/deploys/{folded}"' not in recent
+    release = client.get("/dashboard/deploys/5").text
+    assert 'core was rolled back on its own by <a href="/dashboard/deploys/10">#10</a>' in release
+    assert "Rolled back by <a href=\"/dashboard/deploys/11\">#11</a>" in release
+    solo = client.get("/dashboard/deploys/10").text
+    assert 'A rollback of one member of <a href="/dashboard/deploys/5">release k12 #5</a>' in solo
+    everyone = dash.dora(srv.cfg, srv.rt.store, now=AFTER_SCHOOL, days=30)
+    assert sorted(everyone.failure_rate.ids) == [6, 7, 8] and everyone.changes == 6  # one failed change per member service
+    families = scrape(srv)
+    assert sample(families, "recess_rollback_seconds", "_count") == 3  # #10, #12, #13: not the release's own row
+    for name, samples in families.items():
+        assert all(s.labels.get("service") != "k12" for s in samples), name
+    assert sample(families, "recess_deploys", "_total", service="core", env="production", outcome="rolled_back") == 1
+    assert sample(families, "recess_live_info", service="web", env="production", version="v1") == 1

@@ -31,6 +31,7 @@ from commands.freezes import current_calendar, list_freezes
 from commands.windows import format_local, timeline
 from storage import audit
 from storage import dashboard as links
+from storage import deploys as rows
 
 log = logging.getLogger("recess.dashboard")
 
@@ -102,7 +103,9 @@ def _thread(d: dict[str, Any]) -> str | None:
 
 
 _templates.filters.update(local=_local, dur=_dur, status_label=lambda s: (s or "").replace("_", " "),
-                          duration=dash.duration, thread_link=_thread)
+                          duration=dash.duration, thread_link=_thread, release_summary=dash.release_summary,
+                          release_title=dash.release_title)
+_templates.tests.update(release=rows.is_release, member=rows.is_member)
 
 
 def _bars(weekly: list[tuple[dt.date, float | None]], *, width: int = 280, height: int = 80) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def _timeline_rows(rt: Runtime, now: dt.datetime, tz: str, days: int = 7) -> dic
     calendar = current_calendar(rt.cfg, rt.store)
     width = 700.0
     span = (end - start).total_seconds()
-    rows = []
+    lanes = []
     for tenant, spans in timeline(calendar, start, end).items():
         items = []
         for s in spans:
@@ -132,7 +135,7 @@ def _timeline_rows(rt: Runtime, now: dt.datetime, tz: str, days: int = 7) -> dic
             w = max((s.end - s.start).total_seconds() / span * width, 0.5)
             items.append({"kind": s.kind, "x": round(x, 1), "w": round(w, 1),
                           "label": f"{s.label}: {format_local(s.start, tz, reference=now)} – {format_local(s.end, tz, reference=now)}"})
-        rows.append({"tenant": tenant or "all schools", "spans": items})
+        lanes.append({"tenant": tenant or "all schools", "spans": items})
     ticks = []
     local_start = pendulum.instance(start).in_timezone(tz).start_of("day")
     for i in range(1, days + 1):
@@ -140,7 +143,7 @@ def _timeline_rows(rt: Runtime, now: dt.datetime, tz: str, days: int = 7) -> dic
         x = (day - pendulum.instance(start)).total_seconds() / span * width
         if 0 <= x <= width:
             ticks.append({"x": round(x, 1), "label": day.format("ddd D")})
-    return {"width": width, "rows": rows, "ticks": ticks}
+    return {"width": width, "rows": lanes, "ticks": ticks}
 
 
 # -- the routes ---------------------------------------------------------------------------------

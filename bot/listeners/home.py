@@ -39,6 +39,7 @@ from commands.config import format_duration
 from commands.flags import Change, FlagBook, FlagError, Scope, Unchanged
 from commands.freezes import current_calendar, list_freezes
 from commands.windows import format_local
+from storage import deploys as rows
 
 log = logging.getLogger("recess.home")
 
@@ -74,6 +75,13 @@ def _link(d: dict[str, Any]) -> str:
     return f"<{link}|#{d['id']}>" if link.startswith("https://") else f"#{d['id']}"
 
 
+def _what(d: dict[str, Any]) -> str:
+    """'web *v2*', or for a release its members on one line: 'release k12: core v1 → v2, web v1 → v2'."""
+    if rows.is_release(d):
+        return f"{dash.release_title(d)}: {escape_mrkdwn(dash.release_summary(d))}"
+    return f"{d['service']} *{escape_mrkdwn(d['version'])}*"
+
+
 def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> dict:
     now = rt.now()
     calendar = current_calendar(rt.cfg, rt.store)
@@ -102,6 +110,8 @@ def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> 
                 f"{format_local(s.live['traffic_at'], tz, reference=now)} by {_who(s.live)}")
         if s.kept_version:
             line += f"; kept {escape_mrkdwn(s.kept_version)} until {format_local(s.kept_until, tz, reference=now)}"
+        if s.release:
+            line += f" (release {s.release['service']} {_link(s.release)})"
         lines.append(line)
     if lines:
         blocks += _chunks("Live", lines)
@@ -113,14 +123,15 @@ def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> 
     work = []
     for d in waiting:
         mark = " *waiting on you*" if can_approve(d) else ""
-        work.append(f":large_yellow_circle: {_link(d)} {d['service']} {escape_mrkdwn(d['version'])} to {d['env']}: "
+        work.append(f":large_yellow_circle: {_link(d)} {_what(d)} to {d['env']}: "
                     f"waiting for approval{mark} (asked by {_who(d)})")
     for d in ov.in_progress:
-        work.append(f"{STATUS_ICON.get(d['status'], '')} {_link(d)} {d['service']} {escape_mrkdwn(d['version'])} to {d['env']}: "
-                    f"{d['status'].replace('_', ' ')}")
+        took = dash.duration({**d, "finished_at": now}) if d.get("started_at") else None
+        work.append(f"{STATUS_ICON.get(d['status'], '')} {_link(d)} {_what(d)} to {d['env']}: "
+                    f"{d['status'].replace('_', ' ')}" + (f" for {format_duration(took)}" if took else ""))
     for d in ov.queued:
         until = f" until {format_local(d['queued_until'], tz, reference=now)}" if d.get("queued_until") else ""
-        work.append(f":hourglass_flowing_sand: {_link(d)} {d['service']} {escape_mrkdwn(d['version'])} to {d['env']}: "
+        work.append(f":hourglass_flowing_sand: {_link(d)} {_what(d)} to {d['env']}: "
                     f"{d['status']}{until}")
     if work:
         blocks += _chunks("In flight", work[:40])
@@ -132,7 +143,7 @@ def home_view(rt: Runtime, user: str, tz: str, *, notice: str | None = None) -> 
         recent = []
         for d in ov.recent:
             took = dash.duration(d)
-            recent.append(f"{STATUS_ICON.get(d['status'], '')} {_link(d)} {d['service']} *{escape_mrkdwn(d['version'])}* "
+            recent.append(f"{STATUS_ICON.get(d['status'], '')} {_link(d)} {_what(d)} "
                           f"({d['env']}): {d['status'].replace('_', ' ')}" + (f", {format_duration(took)}" if took else ""))
         blocks += _chunks("Recent deploys", recent)
 
