@@ -30,6 +30,7 @@ from bot import edge
 from bot.deploying import deployer_of
 from bot.runtime import Runtime
 from bot.views.deploy import thread_link
+from commands import releases
 from commands import rollback as rollbacks
 from commands.config import ApiToken
 from commands.deploys import ConflictError, DeployError, HeldError, UnknownTarget
@@ -46,10 +47,11 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.extra = extra  # more fields of the answer, like {"release": NAME} for a release named as a service
 
 
 # -- bodies and answers, as models (the OpenAPI document is generated from them) ----------------
@@ -60,11 +62,19 @@ class Body(BaseModel):
 
 
 class DeployRequest(Body):
-    """POST /api/v1/deploys"""
+    """POST /api/v1/deploys: exactly one of `service` and `release`; a release takes exactly one
+    of `version` (every member) and `versions` (the named members); a service takes `version`."""
 
-    service: str = Field(min_length=1, max_length=64, description="a service of [services]")
-    version: str = Field(min_length=1, max_length=64, description="letters, digits, '.', '_', '+' or '-', like v2.4.1")
-    env: str | None = Field(default=None, description="an environment; default: the service's first")
+    service: str | None = Field(default=None, min_length=1, max_length=64, description="a service of [services]")
+    release: str | None = Field(default=None, min_length=1, max_length=64,
+                                description="a release of [releases]: its members deploy, switch and roll back as one")
+    version: str | None = Field(default=None, min_length=1, max_length=64,
+                                description="letters, digits, '.', '_', '+' or '-', like v2.4.1; for a release, "
+                                            "every member's version")
+    versions: dict[str, str] | None = Field(default=None, description="a release only: SERVICE: VERSION for the "
+                                                                       "members to deploy, like {\"core\": \"v2.4.1\"}")
+    env: str | None = Field(default=None, description="an environment; default: the service's first "
+                                                      "(a release's: the first every member deploys to)")
     sha: str | None = Field(default=None, description="the git commit, 7 to 40 hex digits")
     committed_at: dt.datetime | None = Field(default=None, description="ISO 8601 instant with offset")
     requested_by: str | None = Field(default=None, max_length=200, description="who the CI job acts for")
@@ -106,6 +116,15 @@ class Approval(BaseModel):
     at: str | None
 
 
+class Member(BaseModel):
+    service: str
+    version: str
+    previous_version: str | None
+    status: str = Field(description="the member's deploy status; the release's own until it starts; "
+                                    "'skipped' when the member already ran its version as the release started")
+    deploy_id: int | None = Field(description="the member's own deploy row, once the release started")
+
+
 class Deploy(BaseModel):
     id: int
     kind: Literal["deploy", "rollback"]
@@ -131,6 +150,10 @@ class Deploy(BaseModel):
     card_url: str | None
     live_version: str | None
     rollback_of: int | None
+    release: str | None = Field(default=None, description="a release (or a release's rollback): its name, "
+                                                          "also in `service`")
+    members: list[Member] | None = Field(default=None, description="a release's members, in switch order")
+    release_id: int | None = Field(default=None, description="a member deploy: the release it belongs to")
 
 
 class ServiceState(BaseModel):
@@ -146,17 +169,38 @@ class ServiceState(BaseModel):
 
 class ErrorAnswer(BaseModel):
     error: str
+    release: str | None = Field(default=None, description="the name given is a release: send it as `release`, "
+                                                          "or roll it back under /api/v1/releases/")
 
 
 def _iso(t: Any) -> str | None:
     return t.astimezone(dt.UTC).isoformat() if isinstance(t, dt.datetime) else t
 
 
+def members_json(rt: Runtime, d: dict[str, Any]) -> list[dict[str, Any]]:
+    """A release's members: its plan, with each member row once the release started."""
+    written = {m["service"]: m for m in rows.members(rt.store, d)}
+    started = d["status"] not in ("pending", "approved", "queued", "rejected", "cancelled")
+    out = []
+    for m in d["members"] or []:
+        row = written.get(m["service"])
+        out.append({"service": m["service"], "version": m["version"], "previous_version": m["previous_version"],
+                    "status": row["status"] if row else ("skipped" if started else d["status"]),
+                    "deploy_id": row["id"] if row else None})
+    return out
+
+
 def deploy_json(rt: Runtime, d: dict[str, Any]) -> dict[str, Any]:
     requester = d["requester"]
     live = rows.live(rt.store, d["service"], d["env"])
+    release = rows.is_release(d)
+    extra: dict[str, Any] = {}
+    if release:
+        extra = {"release": d["service"], "members": members_json(rt, d)}
+    elif d.get("release_id") is not None:
+        extra = {"release_id": d["release_id"]}
     return {
-        "id": d["id"], "kind": d["kind"], "service": d["service"], "version": d["version"],
+        "id": d["id"], "kind": "rollback" if d["kind"] == "rollback" else "deploy", "service": d["service"], "version": d["version"],
         "previous_version": d["previous_version"], "env": d["env"], "status": d["status"], "outcome": d["outcome"],
         "requester": requester, "token": requester[4:] if requester.startswith("api:") else None,
         "requested_by": d.get("requested_by") or requester, "sha": d.get("sha"), "committed_at": d.get("committed_at"),
@@ -169,6 +213,7 @@ def deploy_json(rt: Runtime, d: dict[str, Any]) -> dict[str, Any]:
         "card_url": thread_link(d) if d.get("channel") and d.get("card_ts") else None,
         "live_version": live["version"] if live else None,
         "rollback_of": d["rollback_of"],
+        **extra,
     }
 
 
@@ -230,7 +275,7 @@ def routes(rt: Runtime) -> list[Route]:
     def answer(exc: ApiError, request: Request) -> JSONResponse:
         log.info("api refused %s %s with %d: %s", request.method, request.url.path, exc.status, exc.message)
         headers = {"Connection": "close"} if exc.status == 413 else None
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status, headers=headers)
 
     async def handle(request: Request, scope: str, work: Any, *, body_model: type[Body] | None = None,
                      inline: bool = False) -> Response:
@@ -290,19 +335,28 @@ def routes(rt: Runtime) -> list[Route]:
         if key is not None:
             def remember(deploy_id: int) -> None:
                 api_rows.remember_key(rt.store, token=token.name, key=key, body_sha256=digest, deploy_id=deploy_id)
+        what = target_of(body)
         try:
-            d = deployer_of(rt).request(
-                actor=token_actor(token.name), service=body.service, version=body.version, env=body.env,
-                command="api", sha=body.sha, committed_at=body.committed_at, requested_by=body.requested_by,
-                on_record=remember,
-            )
+            if isinstance(what, str):
+                d = deployer_of(rt).request(
+                    actor=token_actor(token.name), service=what, version=body.version or "", env=body.env,
+                    command="api", sha=body.sha, committed_at=body.committed_at, requested_by=body.requested_by,
+                    on_record=remember,
+                )
+            else:
+                name, versions = what
+                d = releases.request(
+                    deployer_of(rt), actor=token_actor(token.name), name=name, versions=versions, env=body.env,
+                    command="api", sha=body.sha, committed_at=body.committed_at, requested_by=body.requested_by,
+                    on_record=remember,
+                )
         except sqlite3.IntegrityError:  # the same key won a race a moment ago: answer its deploy
             earlier = replay() if key is not None else None
             if earlier is None:
                 raise
             return earlier
         except UnknownTarget as exc:
-            raise ApiError(400, _plain(str(exc))) from None
+            raise ApiError(400, _fielded(exc)) from None
         except ConflictError as exc:
             if key is not None:  # a retry whose first try was stored after all: replay() answers it
                 earlier = replay()
@@ -315,6 +369,26 @@ def routes(rt: Runtime) -> list[Route]:
             deployer_of(rt).notify.thread(d["id"], f":robot_face: Reason given by {token.name}: {_inert(body.reason)}")
         return 202, deploy_json(rt, d)
 
+    def target_of(body: DeployRequest) -> str | tuple[str, str | dict[str, str]]:
+        """The service, or the release and its version(s), of a deploy request (both-or-neither refused)."""
+        if (body.service is None) == (body.release is None):
+            raise ApiError(400, "service: give exactly one of service and release" if body.service is not None
+                           else "service: required (or release, for a [releases.NAME])")
+        if body.service is not None:
+            if body.versions is not None:
+                raise ApiError(400, "versions: only a release takes versions; a service takes version")
+            if body.version is None:
+                raise ApiError(400, "version: required")
+            if body.service in rt.cfg.releases and body.service not in rt.cfg.services:
+                raise ApiError(400, f"service: {body.service} is a release, not a service: send "
+                                    f"{{\"release\": \"{body.service}\"}}", release=body.service)
+            return body.service
+        assert body.release is not None
+        if (body.version is None) == (body.versions is None):
+            raise ApiError(400, "version: a release takes exactly one of version (every member) and versions "
+                                "(SERVICE: VERSION for some)")
+        return body.release, body.version if body.version is not None else body.versions
+
     # GET /api/v1/deploys/{id}
     def show_deploy(token: ApiToken, _: None, request: Request) -> tuple[int, Any]:
         return 200, deploy_json(rt, found(deploy_id_of(request)))
@@ -326,8 +400,9 @@ def routes(rt: Runtime) -> list[Route]:
         if unknown:
             raise ApiError(400, f"{unknown[0]}: unknown query parameter (known: service, env, status, limit)")
         service, env, status = q.get("service") or None, q.get("env") or None, q.get("status") or None
-        if service is not None and service not in rt.cfg.services:
-            raise ApiError(400, f"service: unknown service {service!r} (known: {', '.join(sorted(rt.cfg.services))})")
+        if service is not None and service not in rt.cfg.services and service not in rt.cfg.releases:
+            raise ApiError(400, f"service: unknown service {service!r} (known: "
+                                f"{', '.join(sorted([*rt.cfg.services, *rt.cfg.releases]))})")
         if env is not None and env not in rt.cfg.environments:
             raise ApiError(400, f"env: unknown environment {env!r} (known: {', '.join(rt.cfg.environments)})")
         if status is not None and status not in STATUSES:
@@ -335,7 +410,9 @@ def routes(rt: Runtime) -> list[Route]:
         limit_text = q.get("limit", "20")
         if not (limit_text.isascii() and limit_text.isdigit() and 1 <= int(limit_text) <= 100):
             raise ApiError(400, f"limit: expected a number from 1 to 100, got {limit_text[:20]!r}")
-        found_rows = api_rows.listing(rt.store, service=service, env=env, status=status, limit=int(limit_text))
+        # A release is one item; its members show only when ?service= names one of them.
+        found_rows = api_rows.listing(rt.store, service=service, env=env, status=status, limit=int(limit_text),
+                                      members=service is not None)
         return 200, {"deploys": [deploy_json(rt, d) for d in found_rows]}
 
     # POST /api/v1/deploys/{id}/cancel
@@ -355,13 +432,31 @@ def routes(rt: Runtime) -> list[Route]:
     def roll_back(token: ApiToken, body: RollbackRequest, request: Request) -> tuple[int, Any]:
         deployer = deployer_of(rt)
         actor = token_actor(token.name)
+        name = request.path_params["service"]
+        if name in rt.cfg.releases and name not in rt.cfg.services:
+            raise ApiError(400, f"service: {name} is a release: POST /api/v1/releases/{name}/rollback", release=name)
         try:
-            service, env = deployer.target(request.path_params["service"], body.env)
+            service, env = deployer.target(name, body.env)
             p = rollbacks.plan(deployer, service, env, actor)
             rb = rollbacks.rollback(deployer, p.live["id"], actor, requested_by=body.requested_by, reason=body.reason,
                                     command="api")
         except UnknownTarget as exc:
             raise ApiError(400, _plain(str(exc))) from None
+        except (HeldError, DeployError) as exc:
+            raise ApiError(409, _plain(str(exc))) from None
+        return 202, deploy_json(rt, rb)
+
+    # POST /api/v1/releases/{release}/rollback
+    def roll_back_release(token: ApiToken, body: RollbackRequest, request: Request) -> tuple[int, Any]:
+        deployer = deployer_of(rt)
+        actor = token_actor(token.name)
+        try:
+            releases.check_release(deployer, request.path_params["release"])
+            p = releases.plan_rollback(deployer, request.path_params["release"], body.env, actor)
+            rb = rollbacks.rollback(deployer, p.live["id"], actor, requested_by=body.requested_by, reason=body.reason,
+                                    command="api")
+        except UnknownTarget as exc:
+            raise ApiError(400, _fielded(exc)) from None
         except (HeldError, DeployError) as exc:
             raise ApiError(409, _plain(str(exc))) from None
         return 202, deploy_json(rt, rb)
@@ -398,6 +493,9 @@ def routes(rt: Runtime) -> list[Route]:
     async def post_rollback(request: Request) -> Response:
         return await handle(request, "rollback", roll_back, body_model=RollbackRequest)
 
+    async def post_release_rollback(request: Request) -> Response:
+        return await handle(request, "rollback", roll_back_release, body_model=RollbackRequest)
+
     async def get_services(request: Request) -> Response:
         return await handle(request, "read", list_services)
 
@@ -413,6 +511,7 @@ def routes(rt: Runtime) -> list[Route]:
         Route("/api/v1/deploys/{deploy_id}", get_deploy, methods=["GET"]),
         Route("/api/v1/deploys/{deploy_id}/cancel", post_cancel, methods=["POST"]),
         Route("/api/v1/services/{service}/rollback", post_rollback, methods=["POST"]),
+        Route("/api/v1/releases/{release}/rollback", post_release_rollback, methods=["POST"]),
         Route("/api/v1/services", get_services, methods=["GET"]),
     ]
 
@@ -420,6 +519,12 @@ def routes(rt: Runtime) -> list[Route]:
 def _plain(text: str) -> str:
     """A domain message written for Slack, for a JSON answer: no backticks, no mentions' markup."""
     return re.sub(r"<@([^>]+)>", r"\1", re.sub(r"<#([^>|]+)(\|[^>]*)?>", r"#\1", text)).replace("`", "")
+
+
+def _fielded(exc: Exception) -> str:
+    """A bad-input message, prefixed with the request's field it names when it knows one."""
+    field = getattr(exc, "field", None)
+    return f"{field}: {_plain(str(exc))}" if field else _plain(str(exc))
 
 
 def _inert(text: str) -> str:
@@ -432,7 +537,7 @@ def _inert(text: str) -> str:
 def openapi() -> dict[str, Any]:
     """Describes every route of the REST API (and the window API), from the models above."""
     schemas: dict[str, Any] = {}
-    for model in (DeployRequest, RollbackRequest, Deploy, ServiceState, ErrorAnswer, Step, Approval):
+    for model in (DeployRequest, RollbackRequest, Deploy, Member, ServiceState, ErrorAnswer, Step, Approval):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():
             schemas[name] = sub
@@ -482,7 +587,8 @@ def openapi() -> dict[str, Any]:
                                                       "description": "a token of [[api.tokens]] (`recess api token NAME`)"}}},
         "paths": {
             "/api/v1/deploys": {
-                "post": {"summary": "request a deploy (scope deploy)", "security": secured, "requestBody": body("DeployRequest"),
+                "post": {"summary": "request a deploy of a service, or of a release (scope deploy)", "security": secured,
+                         "requestBody": body("DeployRequest"),
                          "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                          "schema": {"type": "string", "maxLength": 200},
                                          "description": "the same key and body answer the same deploy (200); "
@@ -491,7 +597,8 @@ def openapi() -> dict[str, Any]:
                                                  400, 401, 403, 409, 413),
                                        "200": {"description": "a retry with the same Idempotency-Key and body",
                                                "content": {"application/json": {"schema": ref("Deploy")}}}}},
-                "get": {"summary": "list deploys, newest first (scope read)", "security": secured,
+                "get": {"summary": "list deploys, newest first; a release is one item, its members listed only "
+                                   "when ?service= names one (scope read)", "security": secured,
                         "parameters": [{"name": n, "in": "query", "required": False, "schema": s} for n, s in (
                             ("service", {"type": "string"}), ("env", {"type": "string"}),
                             ("status", {"type": "string", "enum": list(STATUSES)}),
@@ -512,6 +619,14 @@ def openapi() -> dict[str, Any]:
                          "parameters": [{"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}],
                          "requestBody": body("RollbackRequest"),
                          "responses": answers(("202", "Deploy", "the rollback, itself a deploy row"), 400, 401, 403, 409, 413)},
+            },
+            "/api/v1/releases/{release}/rollback": {
+                "post": {"summary": "roll back every member of a release together, as /rollback RELEASE does (scope rollback)",
+                         "security": secured,
+                         "parameters": [{"name": "release", "in": "path", "required": True, "schema": {"type": "string"}}],
+                         "requestBody": body("RollbackRequest"),
+                         "responses": answers(("202", "Deploy", "the release's rollback, with its members"),
+                                              400, 401, 403, 409, 413)},
             },
             "/api/v1/services": {
                 "get": {"summary": "each service and environment: live, kept and in-progress versions (scope read)",

@@ -122,7 +122,8 @@ def describe(d: dict[str, Any]) -> str:
         status += f" ({len(d['approvals'])} of {d['approvals_needed']} approvals; approve it in Slack)"
     if d.get("outcome"):
         status += f": {d['outcome']}"
-    return f"deploy #{d['id']} {d['service']} {d['version']} ({d['env']}): {status}"
+    what = "release" if d.get("release") else "deploy"
+    return f"{what} #{d['id']} {d['service']} {d['version']} ({d['env']}): {status}"
 
 
 def follow(client: Client, d: dict[str, Any], *, timeout: float, interval: float, out: TextIO) -> int:
@@ -142,6 +143,9 @@ def follow(client: Client, d: dict[str, Any], *, timeout: float, interval: float
                     detail = detail[len(step["status"]) + 1:].strip()
                 print(f"  {step['name']}: {step['status']}" + (f": {detail}" if detail else ""), file=out, flush=True)
         if d["status"] == "succeeded":
+            for m in d.get("members") or []:
+                print(f"  {m['service']}: {m['previous_version'] or 'nothing'} -> {m['version']} ({m['status']})",
+                      file=out, flush=True)
             print(f"{d['service']} {d['version']} is live in {d['env']}"
                   + (f" ({d['card_url']})" if d.get("card_url") else ""), file=out, flush=True)
             return LIVE
@@ -182,13 +186,29 @@ def deploy(args: Any, out: TextIO = sys.stdout) -> int:
     def go() -> int:
         client = Client(server_from(args.server), token_from(args.token_env))
         timeout = duration(args.timeout, "--timeout")
-        body = {"service": args.service, "version": args.version}
+        words = args.version if isinstance(args.version, list) else [args.version]
+        pairs = [w for w in words if "=" in w]
+        if pairs:  # SERVICE=VERSION...: the named members of a release
+            if len(pairs) != len(words):
+                raise Usage("give one VERSION, or SERVICE=VERSION for each member of the release, not both")
+            versions = dict(w.partition("=")[::2] for w in words)
+            if len(versions) != len(words):
+                raise Usage("name each member of the release once")
+            body: dict[str, Any] = {"release": args.service, "versions": versions}
+        elif len(words) == 1:
+            body = {"service": args.service, "version": words[0]}
+        else:
+            raise Usage(f"too many words: {' '.join(words[1:])} (give the ENV with --env)")
         for field in ("env", "sha", "committed_at", "requested_by", "reason"):
             value = getattr(args, field)
             if value:
                 body[field] = value
-        key = args.idempotency_key or default_key(args.service, args.version, args.env or "")
+        key = args.idempotency_key or default_key(args.service, *words, args.env or "")
         status, answer = client.call("POST", "/api/v1/deploys", json=body, headers={"Idempotency-Key": key})
+        if status == 400 and isinstance(answer, dict) and answer.get("release") == args.service and "service" in body:
+            # The name is a release's: the same request, for the release (the refusal stored nothing).
+            body = {"release": body.pop("service"), **body}
+            status, answer = client.call("POST", "/api/v1/deploys", json=body, headers={"Idempotency-Key": key})
         d = check(status, answer, ok=(200, 202))
         if not args.wait:
             print(describe(d), file=out)
@@ -203,7 +223,10 @@ def rollback(args: Any, out: TextIO = sys.stdout) -> int:
         client = Client(server_from(args.server), token_from(args.token_env))
         timeout = duration(args.timeout, "--timeout")
         body = {k: v for k, v in (("env", args.env), ("reason", args.reason), ("requested_by", args.requested_by)) if v}
-        d = check(*client.call("POST", f"/api/v1/services/{args.service}/rollback", json=body), ok=(202,))
+        status, answer = client.call("POST", f"/api/v1/services/{args.service}/rollback", json=body)
+        if status == 400 and isinstance(answer, dict) and answer.get("release") == args.service:
+            status, answer = client.call("POST", f"/api/v1/releases/{args.service}/rollback", json=body)
+        d = check(status, answer, ok=(202,))
         if not args.wait:
             print(describe(d), file=out)
             return LIVE

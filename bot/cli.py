@@ -284,8 +284,8 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_window_check)
 
     dep = sub.add_parser("deploy", help="request a deploy through the REST API (for CI); --wait follows it")
-    dep.add_argument("service")
-    dep.add_argument("version")
+    dep.add_argument("service", help="a service, or a release of [releases]")
+    dep.add_argument("version", nargs="+", help="VERSION; for a release, VERSION for every member or SERVICE=VERSION...")
     dep.add_argument("--env", help="environment (default: the service's first)")
     dep.add_argument("--sha", default=os.environ.get("GITHUB_SHA"), help="git commit (default: $GITHUB_SHA)")
     dep.add_argument("--committed-at", help="the commit's time, ISO 8601 with offset (git log -1 --format=%%cI)")
@@ -296,8 +296,8 @@ def parser() -> argparse.ArgumentParser:
     _client_args(dep)
     dep.set_defaults(run=cmd_deploy)
 
-    rb = sub.add_parser("rollback", help="roll a service back through the REST API (for CI); --wait follows it")
-    rb.add_argument("service")
+    rb = sub.add_parser("rollback", help="roll a service (or a release) back through the REST API (for CI); --wait follows it")
+    rb.add_argument("service", help="a service, or a release of [releases]")
     rb.add_argument("--env", help="environment (default: the service's first)")
     rb.add_argument("--reason", help="recorded in the audit log")
     rb.add_argument("--requested-by", default=os.environ.get("GITHUB_ACTOR"),

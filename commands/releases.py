@@ -20,8 +20,10 @@ order. Recovery after a restart ends with all members on the same side (all new,
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,55 @@ def _error(message: str) -> Exception:
     from commands.deploys import DeployError
 
     return DeployError(message)
+
+
+def _bad(field: str, message: str) -> Exception:
+    """Bad input (HTTP 400 from the REST API): `field` is the request's part it names
+    (`release`, `env`, `version`, `versions` or `versions.SERVICE`)."""
+    from commands.deploys import UnknownTarget
+
+    exc = UnknownTarget(message)
+    exc.field = field  # type: ignore[attr-defined]
+    return exc
+
+
+def _conflict(message: str) -> Exception:
+    from commands.deploys import ConflictError
+
+    return ConflictError(message)
+
+
+def check_release(d: Deployer, name: str) -> None:
+    if name not in d.cfg.releases:
+        known = ", ".join(sorted(d.cfg.releases)) or "none: add [releases.NAME]"
+        raise _bad("release", f"unknown release `{name}` (known: {known})")
+
+
+def check_member(d: Deployer, name: str, service: str) -> None:
+    release = d.cfg.releases[name]
+    if service not in release.services:
+        raise _bad(f"versions.{service}", f"`{service}` is not a member of release {name} (members: {', '.join(release.services)})")
+
+
+def check_versions(d: Deployer, name: str, versions: str | dict[str, str]) -> dict[str, str]:
+    """Every member's wanted version, from one VERSION or SERVICE=VERSION pairs; each one checked."""
+    from commands.deploys import VERSION
+
+    release = d.cfg.releases[name]
+    if isinstance(versions, str):
+        wanted, fields = {s: versions for s in release.services}, dict.fromkeys(release.services, "version")
+    else:
+        if not versions:
+            raise _bad("versions", f"name at least one member of release {name} (members: {', '.join(release.services)})")
+        for service in versions:
+            check_member(d, name, service)
+        wanted, fields = dict(versions), {s: f"versions.{s}" for s in versions}
+    for service, version in wanted.items():
+        if not version:
+            raise _bad(fields[service], f"`{service}=` names no version, like `{service}=v2.4.1`")
+        if not VERSION.fullmatch(version):
+            raise _bad(fields[service], f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
+    return wanted
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -70,8 +121,7 @@ def parse_words(d: Deployer, name: str, words: list[str]) -> tuple[str | dict[st
     versions: dict[str, str] = {}
     for pair in pairs:
         service, _, version = pair.partition("=")
-        if service not in release.services:
-            raise _error(f"`{service}` is not a member of release {name} (members: {', '.join(release.services)})")
+        check_member(d, name, service)
         if service in versions:
             raise _error(f"`{service}` is named twice; give each member one version")
         if not version:
@@ -85,11 +135,11 @@ def target(d: Deployer, name: str, env: str | None) -> str:
     release = d.cfg.releases[name]
     if env is not None:
         if env not in d.cfg.environments:
-            raise _error(f"unknown environment `{env}` (known: {', '.join(d.cfg.environments)})")
+            raise _bad("env", f"unknown environment `{env}` (known: {', '.join(d.cfg.environments)})")
         for service in release.services:
             envs = d.cfg.service_environments(service)
             if env not in envs:
-                raise _error(f"release {name} cannot deploy to `{env}`: its member `{service}` is not deployed there "
+                raise _bad("env", f"release {name} cannot deploy to `{env}`: its member `{service}` is not deployed there "
                              f"(it deploys to {', '.join(envs)})")
         return env
     shared = [e for e in d.cfg.environments if all(e in d.cfg.service_environments(s) for s in release.services)]
@@ -108,17 +158,17 @@ def summary(plan: list[dict[str, Any]], key: str = "version") -> str:
 
 def request(d: Deployer, *, actor: str, name: str, versions: str | dict[str, str], env: str | None = None,
             now_reason: str | None = None, canary: list[int] | None = None, contract: bool = False,
-            command: str = "/deploy") -> dict[str, Any]:
+            command: str = "/deploy", sha: str | None = None, committed_at: dt.datetime | None = None,
+            requested_by: str | None = None, on_record: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Stores one request for the release (one card, one approval policy); nothing is stored on
-    bad input. Members that already run their requested version are left out."""
-    from commands.deploys import VERSION, new_click_token
+    bad input. Members that already run their requested version are left out. `sha`,
+    `committed_at`, `requested_by` and `on_record` are a CI job's, as for Deployer.request."""
+    from commands.deploys import new_click_token
 
+    check_release(d, name)
     release = d.cfg.releases[name]
+    wanted = check_versions(d, name, versions)
     env = target(d, name, env)
-    wanted = {s: versions for s in release.services} if isinstance(versions, str) else dict(versions)
-    for version in wanted.values():
-        if not VERSION.fullmatch(version):
-            raise _error(f"`{version}` is not a version: use letters, digits, '.', '_', '+' or '-', like v2.4.1")
     d.check_request_options(actor, canary, now_reason)
     lints = {s: d.migration_report(s, env) for s in wanted}
     env_cfg = d.cfg.environments[env]
@@ -141,10 +191,10 @@ def request(d: Deployer, *, actor: str, name: str, versions: str | dict[str, str
                     lint["contract_allowed"] = bool(contract and (live is None or live["blue_retired"]))
                 plan.append({"service": service, "version": wanted[service], "previous_version": current, "lint": lint})
             if not plan:
-                raise _error(f"nothing to deploy: {'; '.join(kept)} in {env}")
+                raise _conflict(f"nothing to deploy: {'; '.join(kept)} in {env}")
             for open_ in rows.open_requests(d.store, name, env):
                 if [(m["service"], m["version"]) for m in open_["members"] or []] == [(m["service"], m["version"]) for m in plan]:
-                    raise _error(f"release {name} {summary(plan)} in {env} is already requested as deploy #{open_['id']} "
+                    raise _conflict(f"release {name} {summary(plan)} in {env} is already requested as deploy #{open_['id']} "
                                  f"({open_['status']}); see its card")
             lint = combined_lint(plan)
             needed = env_cfg.approvals
@@ -159,12 +209,17 @@ def request(d: Deployer, *, actor: str, name: str, versions: str | dict[str, str
                 approvals_needed=needed, lint=lint, channel=d.cfg.bot.channel, created_at=now,
                 click_token=new_click_token(), members=plan,
                 outcome="; ".join(f"{k} (left out)" for k in kept) or None,
+                sha=sha, committed_at=committed_at.astimezone(dt.UTC).isoformat() if committed_at else None,
+                requested_by=requested_by,
             )
             rows.update(d.store, release_id, release_id=release_id)
             audit.record(d.store, actor=actor, command=command, action="release.request", target=f"deploy:{release_id}",
                          after={"release": name, "env": env, "members": [{k: m[k] for k in ("service", "version", "previous_version")}
                                                                          for m in plan],
-                                "now_reason": now_reason, "canary": canary, "approvals_needed": needed}, at=now)
+                                "now_reason": now_reason, "canary": canary, "approvals_needed": needed,
+                                **({"sha": sha, "requested_by": requested_by} if sha or requested_by else {})}, at=now)
+            if on_record is not None:
+                on_record(release_id)
             return release_id, needed
 
     with d._lock:
@@ -644,7 +699,8 @@ def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_
     return ReleaseRollbackPlan(live, back, skipped, name, env, fast=not retired, retired=tuple(retired))
 
 
-def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None) -> dict[str, Any]:
+def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None, requested_by: str | None = None,
+             reason: str | None = None, command: str = "/rollback") -> dict[str, Any]:
     """Acts on a "Roll back" click of a release: every member back to the version it ran before,
     flipped together in reverse order. Returns the rollback's parent row."""
     from commands.deploys import new_click_token
@@ -667,7 +723,8 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
         rb_id = rows.insert(d.store, kind="rollback", service=p.name, env=p.env, version=summary(plan),
                             previous_version=summary(plan, "previous_version"), requester=actor, status="running",
                             rollback_of=live_id, channel=live["channel"], card_ts=live["card_ts"], started_at=now,
-                            approvals_needed=0, click_token=live["click_token"] or new_click_token(), members=plan)
+                            approvals_needed=0, click_token=live["click_token"] or new_click_token(), members=plan,
+                            requested_by=requested_by)
         rows.update(d.store, rb_id, release_id=rb_id)
         for m in p.back:  # reverse order: the rollback's own switch order
             slots = ({"blue_slot": other_slot(m["blue_slot"]), "green_slot": m["blue_slot"], "blue_version": m["version"]}
@@ -676,8 +733,9 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
                         previous_version=m["version"], requester=actor, status="running", rollback_of=m["id"],
                         channel=live["channel"], card_ts=live["card_ts"], started_at=now, approvals_needed=0,
                         click_token=live["click_token"], release_id=rb_id, **slots)
-        audit.record(d.store, actor=actor, command="/rollback", action="release.rollback.start", target=f"deploy:{live_id}",
-                     before={"versions": live["version"]}, after={"versions": summary(plan)})
+        audit.record(d.store, actor=actor, command=command, action="release.rollback.start", target=f"deploy:{live_id}",
+                     before={"versions": live["version"]},
+                     after={"versions": summary(plan), **({"reason": reason} if reason else {})})
     rb = rows.get(d.store, rb_id)
     members = rows.members(d.store, rb)
     d.running_here.update({rb_id, *(m["id"] for m in members)})

@@ -91,7 +91,8 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
     if rows.is_release(live):
         from commands import releases
 
-        return releases.rollback(d, live_id, actor, clicked_at=clicked_at)
+        return releases.rollback(d, live_id, actor, clicked_at=clicked_at, requested_by=requested_by, reason=reason,
+                                 command=command)
     p = plan(d, live["service"], live["env"], actor)
     if p.live["id"] != live_id:
         raise DeployError(f"this card is stale: deploy #{p.live['id']} ({p.current}) is live now; use `/rollback {live['service']}`")

@@ -31,9 +31,17 @@ def recall_key(store: Store, *, token: str, key: str) -> dict[str, Any] | None:
                      (token, key, iso(utcnow() - KEEP_KEYS)))
 
 
-def listing(store: Store, *, service: str | None, env: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
-    """Deploys (and rollbacks), newest first, filtered by whichever of service, env and status are given."""
-    where, params = [], []
+def listing(store: Store, *, service: str | None, env: str | None, status: str | None, limit: int,
+            members: bool = True) -> list[dict[str, Any]]:
+    """Deploys (and rollbacks), newest first, filtered by whichever of service, env and status are
+    given. `members=False` leaves out the member rows of releases (a release is its parent row);
+    a member rolled back on its own is not a member and stays."""
+    where: list[str] = []
+    params: list[Any] = []
+    if not members:
+        where.append("NOT (release_id IS NOT NULL AND release_id != id AND kind = "
+                     "(SELECT CASE p.kind WHEN 'rollback' THEN 'rollback' ELSE 'deploy' END FROM deploys p "
+                     "WHERE p.id = deploys.release_id))")  # as storage.deploys.members chooses them
     for column, value in (("service", service), ("env", env), ("status", status)):
         if value is not None:
             where.append(f"{column} = ?")

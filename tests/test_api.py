@@ -223,7 +223,11 @@ def test_the_openapi_document_describes_every_route_and_the_answers(api_server):
     d = srv.http.post("/api/v1/deploys", headers=auth(), json={"service": "web", "version": "v2"}).json()
     assert set(doc["components"]["schemas"]["Deploy"]["required"]) == set(d)
     assert set(doc["components"]["schemas"]["DeployRequest"]["properties"]) == {
-        "service", "version", "env", "sha", "committed_at", "requested_by", "reason"}
+        "service", "release", "version", "versions", "env", "sha", "committed_at", "requested_by", "reason"}
+    assert "/api/v1/releases/{release}/rollback" in doc["paths"]
+    assert {"release", "members", "release_id"} <= set(doc["components"]["schemas"]["Deploy"]["properties"])
+    assert set(doc["components"]["schemas"]["Member"]["properties"]) == {
+        "service", "version", "previous_version", "status", "deploy_id"}
 
     def refs(node):  # noqa: ANN001, ANN202
         if isinstance(node, dict):
@@ -315,3 +319,186 @@ def test_an_idempotency_key_is_forgotten_after_30_days(api_server):
     again = srv.http.post("/api/v1/deploys", headers=key, json={"service": "web", "version": "v2"})
     assert again.status_code == 202 and again.json()["id"] != first["id"]
     assert srv.rt.store.execute("SELECT count(*) FROM api_idempotency").fetchone()[0] == 1
+
+
+# -- releases ([releases.NAME]) over the API ---------------------------------------------------------
+
+RELEASE_API_CONFIG = API_CONFIG.replace(FAKE_SERVICE, "") + "".join(f"""
+[services.{name}]
+platform = "command"
+environments = {envs}
+
+[services.{name}.command]
+start = "true"
+stop = "true"
+shift = "true"
+status = "true"
+""" for name, envs in (("core", '["production", "staging"]'), ("web", '["production", "staging"]'),
+                       ("ai-gateway", '["production"]'), ("lunch", '["production"]'))) + """
+[releases.k12]
+services = ["core", "web", "ai-gateway"]
+migrate_first = "core"
+"""
+RELEASE_MEMBERS = ("core", "web", "ai-gateway")
+
+
+@pytest.fixture
+def release_api(server_factory):
+    """A recess with the release k12 (core, web, ai-gateway; lunch is outside it), every service
+    live at v1 in production on its own fake platform, and the three tokens."""
+
+    def make():  # noqa: ANN202
+        srv = server_factory(RELEASE_API_CONFIG, clock=FakeClock(AFTER_SCHOOL))
+        srv.fakes = {name: FakePlatform(name, live="v1") for name in (*RELEASE_MEMBERS, "lunch")}
+        srv.rt.extras["platform_factory"] = lambda cfg, service, env: srv.fakes[service]
+        for name in srv.fakes:
+            rows.insert(srv.rt.store, service=name, env="production", version="v1", requester=ENGINEER,
+                        status="succeeded", traffic_at=dt.datetime(2027, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+        return srv
+
+    return make
+
+
+def serving_version(fake: FakePlatform) -> str | None:
+    """The version in the slot that takes all the traffic."""
+    serving = [slot for slot, weight in fake.weights.items() if weight == 100]
+    return fake.versions[serving[0]] if serving else None
+
+
+def approve_in_slack(srv, deploy_id: int) -> None:  # noqa: ANN001
+    """A person approves on the card, with a signed click as Slack sends it (once the card is posted)."""
+    srv.rt.outbox.flush()
+    deadline = time.monotonic() + 30
+    while not rows.get(srv.rt.store, deploy_id)["card_ts"]:
+        assert time.monotonic() < deadline, f"deploy #{deploy_id}'s card was never posted"
+        time.sleep(0.05)
+    resp = srv.click("deploy_approve", deploy_id, user=APPROVER_1, message_ts=rows.get(srv.rt.store, deploy_id)["card_ts"])
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_release_requested_through_the_api_is_approved_in_slack_and_polled_to_succeeded_with_its_members(release_api, slack):
+    srv = release_api()
+    resp = srv.http.post("/api/v1/deploys", headers={**auth(), "Idempotency-Key": "release-1"}, json={
+        "release": "k12", "version": "v2.4.1", "env": "production", "requested_by": "octocat", "sha": "abc1234"})
+    assert resp.status_code == 202, resp.text
+    d = resp.json()
+    assert d["release"] == "k12" and d["service"] == "k12" and d["kind"] == "deploy" and d["status"] == "pending"
+    assert d["token"] == "github-actions" and d["requested_by"] == "octocat" and d["sha"] == "abc1234"
+    assert d["members"] == [{"service": s, "version": "v2.4.1", "previous_version": "v1", "status": "pending",
+                             "deploy_id": None} for s in RELEASE_MEMBERS]
+    # A retry with the same key answers the same release; nothing more is stored.
+    again = srv.http.post("/api/v1/deploys", headers={**auth(), "Idempotency-Key": "release-1"}, json={
+        "release": "k12", "version": "v2.4.1", "env": "production", "requested_by": "octocat", "sha": "abc1234"})
+    assert again.status_code == 200 and again.json()["id"] == d["id"]
+    assert srv.rt.store.execute("SELECT count(*) FROM deploys WHERE kind = 'release'").fetchone()[0] == 1
+    audit = srv.rt.store.row("SELECT * FROM audit WHERE action = 'release.request'")
+    assert audit["actor"] == "api:github-actions" and audit["command"] == "api"
+
+    approve_in_slack(srv, d["id"])
+    done = wait_status(srv, d["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded", done["outcome"]
+    assert [a["user"] for a in done["approvals"]] == [APPROVER_1]
+    assert [(m["service"], m["version"], m["previous_version"], m["status"]) for m in done["members"]] == [
+        (s, "v2.4.1", "v1", "succeeded") for s in RELEASE_MEMBERS]
+    member_ids = [m["deploy_id"] for m in done["members"]]
+    assert all(member_ids) and d["id"] not in member_ids
+    assert {s: serving_version(srv.fakes[s]) for s in RELEASE_MEMBERS} == dict.fromkeys(RELEASE_MEMBERS, "v2.4.1")
+    assert srv.fakes["lunch"].calls == []
+    # A member answers the release it belongs to.
+    member = srv.http.get(f"/api/v1/deploys/{member_ids[0]}", headers=auth()).json()
+    assert member["release_id"] == d["id"] and member["service"] == "core" and member["live_version"] == "v2.4.1"
+    assert "members" not in member and "release" not in member
+    # The listing shows the release as one item; ?service= names a member to see its row.
+    listed = srv.http.get("/api/v1/deploys", headers=auth()).json()["deploys"]
+    assert [x["id"] for x in listed if x["version"] == "v2.4.1"] == [d["id"]]
+    core = srv.http.get("/api/v1/deploys?service=core", headers=auth()).json()["deploys"]
+    assert core[0]["id"] == member_ids[0] and core[0]["release_id"] == d["id"]
+    by_release = srv.http.get("/api/v1/deploys?service=k12", headers=auth()).json()["deploys"]
+    assert [x["id"] for x in by_release] == [d["id"]]
+
+
+def test_a_release_of_named_members_deploys_only_those(release_api):
+    srv = release_api()
+    resp = srv.http.post("/api/v1/deploys", headers=auth(), json={
+        "release": "k12", "versions": {"core": "v2.4.1", "web": "v2.4.0"}, "env": "production"})
+    assert resp.status_code == 202, resp.text
+    d = resp.json()
+    assert d["version"] == "core=v2.4.1 web=v2.4.0"
+    assert [(m["service"], m["version"]) for m in d["members"]] == [("core", "v2.4.1"), ("web", "v2.4.0")]
+    approve_in_slack(srv, d["id"])
+    done = wait_status(srv, d["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded", done["outcome"]
+    assert [m["status"] for m in done["members"]] == ["succeeded", "succeeded"]
+    assert (serving_version(srv.fakes["core"]), serving_version(srv.fakes["web"])) == ("v2.4.1", "v2.4.0")
+    assert serving_version(srv.fakes["ai-gateway"]) == "v1"  # not named: left as it was
+
+
+BAD_RELEASE = [
+    ({"release": "k13", "version": "v2"}, "release: unknown release k13 (known: k12)"),
+    ({"release": "k12", "versions": {"core": "v2", "gradebook": "v2"}}, "versions.gradebook: gradebook is not a member of release k12"),
+    ({"release": "k12", "versions": {"core": "v2", "lunch": "v2"}}, "versions.lunch: lunch is not a member of release k12"),
+    ({"release": "k12", "version": "v2", "env": "staging"}, "env: release k12 cannot deploy to staging: its member ai-gateway"),
+    ({"release": "k12", "versions": {"core": "v2"}, "env": "moon"}, "env: unknown environment moon"),
+    ({"release": "k12", "version": "v2;rm"}, "version: v2;rm is not a version"),
+    ({"release": "k12", "versions": {"core": "v2;rm"}}, "versions.core: v2;rm is not a version"),
+    ({"release": "k12", "versions": {"core": ""}}, "versions.core: core= names no version"),
+    ({"release": "k12", "versions": {"core": 2}}, "versions.core: expected a string, got 2"),
+    ({"release": "k12", "versions": {}}, "versions: name at least one member of release k12"),
+    ({"release": "k12"}, "version: a release takes exactly one of version"),
+    ({"release": "k12", "version": "v2", "versions": {"core": "v2"}}, "version: a release takes exactly one of version"),
+    ({"service": "web", "release": "k12", "version": "v2"}, "service: give exactly one of service and release"),
+    ({"version": "v2"}, "service: required (or release"),
+    ({"service": "web", "versions": {"web": "v2"}}, "versions: only a release takes versions"),
+    ({"service": "k12", "version": "v2"}, "service: k12 is a release, not a service"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_RELEASE, ids=[b[1][:40] for b in BAD_RELEASE])
+def test_bad_release_bodies_are_refused_with_400_naming_the_field_and_store_nothing(release_api, body, message):
+    srv = release_api()
+    before = counts(srv)
+    resp = srv.http.post("/api/v1/deploys", headers={**auth(), "Idempotency-Key": "bad-1"}, json=body)
+    assert resp.status_code == 400, resp.text
+    assert message in resp.json()["error"], resp.json()
+    assert counts(srv) == before
+
+
+def test_a_release_already_requested_or_already_live_is_a_409_conflict(release_api):
+    srv = release_api()
+    live = srv.http.post("/api/v1/deploys", headers=auth(), json={"release": "k12", "version": "v1"})
+    assert live.status_code == 409 and "nothing to deploy" in live.json()["error"]
+    first = srv.http.post("/api/v1/deploys", headers=auth(), json={"release": "k12", "version": "v2"})
+    assert first.status_code == 202
+    twice = srv.http.post("/api/v1/deploys", headers=auth(), json={"release": "k12", "version": "v2"})
+    assert twice.status_code == 409 and f"already requested as deploy #{first.json()['id']}" in twice.json()["error"]
+
+
+def test_a_release_is_rolled_back_through_the_api_as_rollback_release_does(release_api, slack):
+    srv = release_api()
+    d = srv.http.post("/api/v1/deploys", headers=auth(), json={"release": "k12", "version": "v2"}).json()
+    approve_in_slack(srv, d["id"])
+    assert wait_status(srv, d["id"], "succeeded", "failed")["status"] == "succeeded"
+    as_service = srv.http.post("/api/v1/services/k12/rollback", headers=auth(), json={})
+    assert as_service.status_code == 400 and as_service.json()["release"] == "k12"
+    no_scope = srv.http.post("/api/v1/releases/k12/rollback", headers=auth(OTHER_TOKEN), json={})
+    assert no_scope.status_code == 403 and "no 'rollback' scope" in no_scope.json()["error"]
+    unknown = srv.http.post("/api/v1/releases/k13/rollback", headers=auth(), json={})
+    assert unknown.status_code == 400 and "release: unknown release k13" in unknown.json()["error"]
+
+    resp = srv.http.post("/api/v1/releases/k12/rollback", headers=auth(), json={"reason": "gradebook 500s",
+                                                                                  "requested_by": "octocat"})
+    assert resp.status_code == 202, resp.text
+    rb = resp.json()
+    assert rb["kind"] == "rollback" and rb["release"] == "k12" and rb["rollback_of"] == d["id"]
+    assert rb["requested_by"] == "octocat"
+    assert [(m["service"], m["version"], m["previous_version"]) for m in rb["members"]] == [
+        (s, "v1", "v2") for s in reversed(RELEASE_MEMBERS)]
+    done = wait_status(srv, rb["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded", done["outcome"]
+    assert {m["status"] for m in done["members"]} == {"succeeded"}
+    assert wait_status(srv, d["id"], "rolled_back")["status"] == "rolled_back"
+    assert {s: serving_version(srv.fakes[s]) for s in RELEASE_MEMBERS} == dict.fromkeys(RELEASE_MEMBERS, "v1")
+    audit = srv.rt.store.row("SELECT * FROM audit WHERE action = 'release.rollback.start'")
+    assert audit["actor"] == "api:github-actions" and audit["command"] == "api" and "gradebook 500s" in audit["after"]
+    listed = srv.http.get("/api/v1/deploys", headers=auth()).json()["deploys"]
+    assert [x["id"] for x in listed[:2]] == [rb["id"], d["id"]]  # the rollback and the release, one item each

@@ -7,20 +7,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 
 from bot import ci
-from tests.test_api import CI_TOKEN, READ_TOKEN, api_server, auth  # noqa: F401 (the fixture)
+from tests.test_api import (  # noqa: F401 (the fixtures)
+    CI_TOKEN,
+    READ_TOKEN,
+    RELEASE_MEMBERS,
+    api_server,
+    approve_in_slack,
+    auth,
+    release_api,
+)
 
 RECESS = str(Path(sys.executable).parent / "recess")
 
 
-def recess(srv, *args: str, token: str = CI_TOKEN, **env: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+def environment(srv, token: str = CI_TOKEN, **env: str) -> dict[str, str]:  # noqa: ANN001
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RECESS_"))}
     environ.update({"RECESS_URL": srv.url, "RECESS_TOKEN": token, **env})
-    return subprocess.run([RECESS, *args], env=environ, capture_output=True, text=True, timeout=120)
+    return environ
+
+
+def recess(srv, *args: str, token: str = CI_TOKEN, **env: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+    return subprocess.run([RECESS, *args], env=environment(srv, token, **env), capture_output=True, text=True, timeout=120)
 
 
 def test_deploy_wait_exits_0_when_the_version_is_live(api_server):
@@ -123,3 +136,59 @@ def test_window_check_through_the_api_says_until_when_it_is_safe(api_server):
     assert blocked.returncode == 1 and "blocked at" in blocked.stdout
     bad = recess(srv, "window", "check", "--at", "tuesday")
     assert bad.returncode == 2 and "at:" in bad.stderr
+
+
+def release_waiting_for_approval(srv, version: str) -> int:  # noqa: ANN001
+    """The id of the release of `version` once `recess deploy` has stored it."""
+    deadline = time.monotonic() + 60
+    while True:
+        found = srv.rt.store.row("SELECT id FROM deploys WHERE kind = 'release' AND version = ?", (version,))
+        if found:
+            return found["id"]
+        assert time.monotonic() < deadline, f"no release of {version} was requested"
+        time.sleep(0.05)
+
+
+def test_deploy_wait_of_a_release_name_exits_0_once_every_member_is_live(release_api):
+    srv = release_api()
+    cli = subprocess.Popen([RECESS, "deploy", "k12", "v2.4.1", "--env", "production", "--wait", "--interval", "0.1"],
+                           env=environment(srv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        approve_in_slack(srv, release_waiting_for_approval(srv, "v2.4.1"))
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, out + err
+    assert "release #" in out and "k12 v2.4.1 is live in production" in out
+    for member in RELEASE_MEMBERS:
+        assert f"  {member}: v1 -> v2.4.1 (succeeded)" in out
+    d = srv.http.get("/api/v1/deploys", headers=auth()).json()["deploys"][0]
+    assert d["release"] == "k12" and d["status"] == "succeeded"
+
+
+def test_deploy_of_named_release_members_requests_only_those(release_api):
+    srv = release_api()
+    run = recess(srv, "deploy", "k12", "core=v2.4.1", "web=v2.4.0")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "release #" in run.stdout and "core=v2.4.1 web=v2.4.0" in run.stdout and "pending" in run.stdout
+    d = srv.http.get("/api/v1/deploys", headers=auth()).json()["deploys"][0]
+    assert [(m["service"], m["version"]) for m in d["members"]] == [("core", "v2.4.1"), ("web", "v2.4.0")]
+    outside = recess(srv, "deploy", "k12", "core=v3", "lunch=v3")
+    assert outside.returncode == 2 and "versions.lunch" in outside.stderr
+    mixed = recess(srv, "deploy", "k12", "v3", "core=v3")
+    assert mixed.returncode == 2 and "not both" in mixed.stderr
+
+
+def test_rollback_wait_of_a_release_name_exits_0_when_every_member_is_back(release_api):
+    srv = release_api()
+    d = srv.http.post("/api/v1/deploys", headers=auth(), json={"release": "k12", "version": "v2"}).json()
+    approve_in_slack(srv, d["id"])
+    deadline = time.monotonic() + 60
+    while srv.http.get(f"/api/v1/deploys/{d['id']}", headers=auth()).json()["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the release did not succeed"
+        time.sleep(0.05)
+    run = recess(srv, "rollback", "k12", "--wait", "--interval", "0.1", "--reason", "smoke failed")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "k12 v1 is live in production" in run.stdout
+    assert srv.http.get(f"/api/v1/deploys/{d['id']}", headers=auth()).json()["status"] == "rolled_back"
