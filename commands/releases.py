@@ -653,6 +653,7 @@ class ReleaseRollbackPlan:
     env: str
     fast: bool = True  # every previous version still runs: one flip together; else through the pipeline
     retired: tuple[str, ...] = ()  # members whose previous version is no longer kept
+    live_undone: bool = False  # `live` undid a release rollback: rolling it back is a plain rollback again
 
 
 def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_platform: bool = True) -> ReleaseRollbackPlan:
@@ -681,8 +682,9 @@ def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_
             skipped.append(f"{m['service']} was rolled back on its own")
         else:
             newer = f"deploy #{now_live['id']} ({now_live['version']})" if now_live else "nothing"
-            raise _error(f"{m['service']} changed since release #{live['id']}: {newer} is live. Roll back its members "
-                         f"one by one with `/rollback SERVICE`")
+            since = "release rollback" if live["kind"] == "rollback" else "release"
+            raise _error(f"{m['service']} changed since {since} #{live['id']}: {newer} is live. Roll back its members "
+                         f"one by one with `/rollback SERVICE`; nothing was changed")
     if not back:
         raise _error(f"every member of release #{live['id']} was rolled back on its own already: nothing to roll back")
     retired = []
@@ -696,7 +698,8 @@ def plan_rollback(d: Deployer, name: str, env: str | None, actor: str, *, check_
                 alive = False
         if not alive:
             retired.append(m["service"])
-    return ReleaseRollbackPlan(live, back, skipped, name, env, fast=not retired, retired=tuple(retired))
+    return ReleaseRollbackPlan(live, back, skipped, name, env, fast=not retired, retired=tuple(retired),
+                               live_undone=rows.undoes_rollback(d.store, live))
 
 
 def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None = None, requested_by: str | None = None,
@@ -711,7 +714,11 @@ def rollback(d: Deployer, live_id: int, actor: str, *, clicked_at: float | None 
         raise _error(f"deploy #{live_id} does not exist")
     p = plan_rollback(d, live["service"], live["env"], actor)
     if p.live["id"] != live_id:
-        raise _error(f"this card is stale: #{p.live['id']} of release {p.name} is live now; use `/rollback {p.name}`")
+        if live["kind"] == "rollback" and live["status"] == "rolled_back":
+            raise _error(f"rollback #{live_id} of release {p.name} was already undone: #{p.live['id']} is live now; "
+                         f"nothing was changed")
+        raise _error(f"this card is stale: #{p.live['id']} of release {p.name} is live now; use `/rollback {p.name}`; "
+                     f"nothing was changed")
     now = d.clock()
     plan = [{"service": m["service"], "version": m["previous_version"], "previous_version": m["version"], "lint": None}
             for m in p.back]
@@ -783,9 +790,14 @@ def rollback_stands(d: Deployer, rb: dict[str, Any], members: list[dict[str, Any
         d.arm(f"retire-{m['id']}", retire_at, d.retire_due)
     d.notify.update_card(rb["id"])
     listing = ", ".join(f"*{m['service']}* {m['previous_version']} → {m['version']}" for m in members)
+    if rows.undoes_rollback(d.store, rb):
+        d.notify.thread(rb["id"], f":arrow_right_hook: Rollback of release {rb['service']} undone: {listing}; {outcome}. "
+                                  f"The versions rolled away from stay until {retire_at:%H:%M} UTC, so the release can be "
+                                  f"rolled back again with Roll back on its card.", broadcast=True)
+        return
     d.notify.thread(rb["id"], f":leftwards_arrow_with_hook: Release {rb['service']} rolled back: {listing}; {outcome}. "
                               f"The versions rolled away from stay until {retire_at:%H:%M} UTC, so this can be undone "
-                              f"with `/rollback {rb['service']}`.", broadcast=True)
+                              f"with Undo rollback on the release's card (or `/rollback {rb['service']}`).", broadcast=True)
 
 
 def rollback_failed(d: Deployer, rb: dict[str, Any], members: list[dict[str, Any]], why: str) -> str:

@@ -163,6 +163,17 @@ def is_member(row: dict[str, Any] | None) -> bool:
     return bool(row) and row.get("release_id") is not None and row["release_id"] != row["id"]
 
 
+def undoes_rollback(store: Store, row: dict[str, Any] | None) -> bool:
+    """A rollback that undoes a rollback (an "Undo rollback" click): the chain of rollbacks back to
+    the deploy or release has even length, so the version that deploy brought serves again."""
+    n, seen = 0, set()
+    while row and row["kind"] == "rollback" and row.get("rollback_of") and row["id"] not in seen:
+        seen.add(row["id"])
+        n += 1
+        row = get(store, row["rollback_of"])
+    return n > 0 and n % 2 == 0
+
+
 def members(store: Store, parent: dict[str, Any]) -> list[dict[str, Any]]:
     """The member rows of a release (or of a release's rollback), in its switch order. A
     `/rollback SERVICE` of one member on its own also names the release, but is not a member."""

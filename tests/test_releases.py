@@ -14,6 +14,7 @@ from storage import deploys as rows
 from tests.fake_platform import FakePlatform
 from tests.harness import APPROVER_1, BASE_CONFIG, ENGINEER, FakeClock, free_port
 from tests.kit.load import Load
+from tests.test_deploy_commands import responses
 from tests.test_e2e_local import approve, serves, wait_status
 from tests.test_window_commands import AFTER_SCHOOL, reply_text
 
@@ -399,3 +400,139 @@ def test_a_release_whose_previous_versions_were_retired_rolls_back_through_the_p
     assert [m["service"] for m in back] == ["ai-gateway", "web", "core"]
     assert all(m["status"] == "succeeded" and m["version"] == "v1" for m in back)
     assert {rows.get(srv.rt.store, m["rollback_of"])["status"] for m in back} == {"rolled_back"}
+
+
+# -- undo rollback: the release's card offers it after a release rollback ----------------------------
+
+
+def release_then_rollback(srv, slack, user: str = ENGINEER):  # noqa: ANN001, ANN201
+    """Every member on v1 (blue), release #4 puts v2 on green, release rollback #8 puts v1 back."""
+    fakes = live_fakes(srv)
+    srv.command("/deploy", "k12 v2")
+    approve(srv, 4)
+    assert wait_status(srv, 4, ("succeeded", "failed"))["status"] == "succeeded"
+    srv.click("rollback_start", 4, user=user)
+    rollback = wait_status(srv, 8, ("succeeded", "failed"))
+    assert rollback["kind"] == "rollback" and rollback["status"] == "succeeded", rollback["outcome"]
+    assert all(fakes[name].weights == {"blue": 100, "green": 0} for name in MEMBERS)
+    return fakes, rollback
+
+
+def card_buttons(slack, card_ts: str) -> list[dict]:  # noqa: ANN001
+    """The buttons of the card's latest update, as Slack shows them."""
+    updates = [c for c in slack.of("chat.update") if c.params.get("ts") == card_ts]
+    if not updates:
+        return []
+    return [e for b in updates[-1].params["blocks"] if b["type"] == "actions" for e in b["elements"]]
+
+
+def undo_button(slack, card_ts: str) -> dict | None:  # noqa: ANN001
+    return next((b for b in card_buttons(slack, card_ts) if b["text"]["text"] == "Undo rollback"), None)
+
+
+def test_the_release_card_offers_undo_rollback_which_puts_every_member_back_in_release_order(release_server, slack):
+    srv = release_server
+    fakes, rollback = release_then_rollback(srv, slack)
+    card_ts = rollback["card_ts"]
+    button = slack.wait_for(lambda s: undo_button(s, card_ts))
+    assert button["action_id"] == "rollback_card" and button["value"] == f"8:{rollback['click_token']}"
+    assert button["confirm"]["confirm"]["text"] == "Undo rollback"
+    assert "v2" in button["confirm"]["text"]["text"]
+    typed = json.dumps(srv.command("/rollback", "k12").json(), ensure_ascii=False)  # the same undo, as a preview
+    assert "Undo rollback #8* of release k12 in production, in the release's order" in typed and "*core* v1 → *v2*" in typed
+    for fake in fakes.values():
+        fake.calls.clear()
+
+    srv.sender.action("rollback_card", button["value"], user=ENGINEER, message_ts=card_ts)
+    undo = wait_status(srv, 12, ("succeeded", "failed"))
+    assert undo["kind"] == "rollback" and undo["rollback_of"] == 8 and undo["status"] == "succeeded", undo["outcome"]
+    assert all(fakes[name].weights == {"blue": 0, "green": 100} and fakes[name].versions["green"] == "v2" for name in MEMBERS)
+    # In the release's order (the rollback went in reverse), each flip's time and the spread reported.
+    back = rows.members(srv.rt.store, undo)
+    assert [(m["service"], m["version"], m["status"]) for m in back] == [(n, "v2", "succeeded") for n in MEMBERS]
+    assert "3 flips back to back (core " in undo["outcome"] and ", web " in undo["outcome"]
+    assert undo["outcome"].index("web") < undo["outcome"].index("ai-gateway") and "first to last flip" in undo["outcome"]
+    shifts = [(name, i) for name in MEMBERS for i, c in enumerate(fakes[name].calls) if c[0] == "shift"]
+    assert [name for name, _ in shifts] == list(MEMBERS)
+    assert [rows.live(srv.rt.store, name, "production")["id"] for name in MEMBERS] == [m["id"] for m in back]
+    assert rows.get(srv.rt.store, 8)["status"] == "rolled_back"
+    assert {m["status"] for m in rows.members(srv.rt.store, rollback)} == {"rolled_back"}
+    slack.wait_for(lambda s: any("Rollback of release k12 undone" in t and "first to last flip" in t for t in s.texts()))
+    # The card now offers to roll the release back again, and nothing else.
+    slack.wait_for(lambda s: [b["text"]["text"] for b in card_buttons(s, card_ts)] == ["Roll back"])
+    typed = json.dumps(srv.command("/rollback", "k12").json(), ensure_ascii=False)
+    assert "Roll back release k12 in production* (#12), in reverse order" in typed and "Undo" not in typed
+
+
+def test_a_stale_or_forged_undo_rollback_click_is_refused_and_changes_nothing(server_factory, slack):
+    # Only approvers roll production back here, so the engineer's click is refused too.
+    base = BASE_CONFIG.replace("approvals = 1\n", 'approvals = 1\nrollback_by = "approvers"\n', 1)
+    srv = server_factory(COMMAND_SERVICES + RELEASE, clock=FakeClock(AFTER_SCHOOL), base=base)
+    fakes, rollback = release_then_rollback(srv, slack, user=APPROVER_1)
+    card_ts = rollback["card_ts"]
+    button = slack.wait_for(lambda s: undo_button(s, card_ts))
+    count = len(srv.rt.store.rows("SELECT id FROM deploys"))
+
+    srv.sender.action("rollback_card", "8:not-the-token", user=APPROVER_1, message_ts=card_ts)
+    slack.wait_for(lambda s: "does not belong to deploy #8's card" in responses(s))
+    srv.sender.action("rollback_card", button["value"], user=ENGINEER, message_ts=card_ts)
+    slack.wait_for(lambda s: "only approvers can roll back production" in responses(s))
+    assert len(srv.rt.store.rows("SELECT id FROM deploys")) == count
+    assert all(fakes[name].weights == {"blue": 100, "green": 0} for name in MEMBERS)
+
+    srv.sender.action("rollback_card", button["value"], user=APPROVER_1, message_ts=card_ts)
+    assert wait_status(srv, 12, ("succeeded", "failed"))["status"] == "succeeded"
+    count = len(srv.rt.store.rows("SELECT id FROM deploys"))
+    srv.sender.action("rollback_card", button["value"], user=APPROVER_1, message_ts=card_ts)  # the same click again
+    slack.wait_for(lambda s: "rollback #8 of release k12 was already undone" in responses(s))
+    assert len(srv.rt.store.rows("SELECT id FROM deploys")) == count
+    assert all(fakes[name].weights == {"blue": 0, "green": 100} for name in MEMBERS)
+
+
+def test_undo_rollback_is_refused_when_a_member_was_deployed_on_its_own_since(release_server, slack):
+    srv = release_server
+    fakes, rollback = release_then_rollback(srv, slack)
+    card_ts = rollback["card_ts"]
+    button = slack.wait_for(lambda s: undo_button(s, card_ts))
+    srv.command("/deploy", "web v3")
+    approve(srv, 12)
+    assert wait_status(srv, 12, ("succeeded", "failed"))["status"] == "succeeded"
+    count = len(srv.rt.store.rows("SELECT id FROM deploys"))
+
+    srv.sender.action("rollback_card", button["value"], user=ENGINEER, message_ts=card_ts)
+    slack.wait_for(lambda s: "web changed since release rollback #8: deploy #12 (v3) is live" in responses(s))
+    assert len(srv.rt.store.rows("SELECT id FROM deploys")) == count
+    assert fakes["web"].versions[fakes["web"].serving] == "v3"
+    assert all(fakes[name].weights == {"blue": 100, "green": 0} for name in ("core", "ai-gateway"))
+    assert rows.get(srv.rt.store, 8)["status"] == "succeeded"
+
+
+@pytest.mark.e2e
+def test_undo_rollback_on_the_release_card_puts_every_member_back_behind_real_haproxy(local_release, slack):
+    srv = local_release()
+    assert deploy_release(srv, "k12 v1", 1)["status"] == "succeeded"
+    assert deploy_release(srv, "k12 v2", 5)["status"] == "succeeded"
+    srv.click("rollback_start", 5, user=ENGINEER)
+    rollback = wait_status(srv, 9, ("succeeded", "failed"))
+    assert rollback["status"] == "succeeded", rollback["outcome"]
+    assert all_serve(srv, "v1")
+    srv.rt.outbox.flush()
+    button = slack.wait_for(lambda s: undo_button(s, rollback["card_ts"]))
+    loads = [Load(srv.public[name], clients=3).start() for name in MEMBERS]
+    try:
+        for load in loads:
+            load.wait_until(lambda t: t.by_version["v1"] >= 20, what="answers from v1")
+        srv.sender.action("rollback_card", button["value"], user=ENGINEER, message_ts=rollback["card_ts"])
+        undo = wait_status(srv, 13, ("succeeded", "failed"))
+        assert undo["status"] == "succeeded" and undo["rollback_of"] == 9, undo["outcome"]
+        assert "3 flips back to back (core " in undo["outcome"] and "first to last flip" in undo["outcome"]
+        assert all_serve(srv, "v2")
+        for load in loads:
+            seen = load.count()
+            load.wait_until(lambda t, seen=seen: t.total >= seen + 20, what="answers after the undo")
+    finally:
+        for load in loads:
+            load.stop()
+    assert [load.failures for load in loads] == [[], [], []]
+    assert [m["service"] for m in rows.members(srv.rt.store, undo)] == list(MEMBERS)
+    slack.wait_for(lambda s: any("Rollback of release k12 undone" in t for t in s.texts()))

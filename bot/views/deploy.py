@@ -329,10 +329,12 @@ def release_blue_kept(rt: Runtime, d: dict[str, Any]) -> list[dict[str, Any]] | 
 
 def render_release_card(rt: Runtime, d: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     icon = STATUS_ICON.get(d["status"], "")
-    kind = "Rollback of release" if d["kind"] == "rollback" else "Release"
+    undo = rows.undoes_rollback(rt.store, d)  # a rollback of the rollback: the release's versions again
+    kind = "Undo of release rollback" if undo else "Rollback of release" if d["kind"] == "rollback" else "Release"
     title = f"{kind} #{d['id']}: {d['service']} ({d['env']})"
     blocks: list[Any] = [header(title[:150])]
-    status_text = "rolled back" if d["status"] == "succeeded" and d["kind"] == "rollback" else d["status"].replace("_", " ")
+    done = "rollback undone" if undo else "rolled back"
+    status_text = done if d["status"] == "succeeded" and d["kind"] == "rollback" else d["status"].replace("_", " ")
     lines = [f"{icon} *{status_text.capitalize()}*" + (f": {d['outcome']}" if d["outcome"] else "")]
     lines.append(f"Requested by {requester_text(d)}")
     approvers = rows.approvers(rt.store, d["id"])
@@ -368,11 +370,16 @@ def render_release_card(rt: Runtime, d: dict[str, Any]) -> tuple[str, list[dict[
             "Stop this release?", "Every member goes back to the version it ran and every green is stopped.",
             "Stop it", "Keep going")))
     kept = release_blue_kept(rt, d) if d["status"] == "succeeded" else None
-    if kept:
-        label = "Undo rollback" if d["kind"] == "rollback" else "Roll back"
-        buttons.append(button(label, "rollback_card", value, style="danger", confirm=confirm(
+    if kept and d["kind"] == "rollback" and not undo:
+        # An undo is a rollback of the rollback: every member back to what the release put there.
+        back = ", ".join(f"{m['service']} {m['blue_version']}" for m in reversed(kept))
+        buttons.append(button("Undo rollback", "rollback_card", value, style="danger", confirm=confirm(
+            "Undo this rollback?", f"Every member returns to the version it ran before the rollback ({back}), "
+            "in the release's order, flipped together.", "Undo rollback", style="danger")))
+    elif kept:
+        buttons.append(button("Roll back", "rollback_card", value, style="danger", confirm=confirm(
             "Roll back every member?", "Every member returns to the version it ran before, in reverse order, "
-            "flipped together.", label, style="danger")))
+            "flipped together.", "Roll back", style="danger")))
         until = min(m["blue_retire_at"] for m in kept if m["blue_retire_at"]) if any(m["blue_retire_at"] for m in kept) else None
         if until:
             blocks.append(context(f"The previous versions are kept for rollback until {viewer_time(until)} (`keep_blue`)."))
@@ -386,8 +393,8 @@ def release_rollback_preview(plan: Any) -> dict[str, Any]:
     live = plan.live
     moves = "\n".join(f"• *{m['service']}* {m['version']} → *{m['previous_version']}*" for m in plan.back)
     skipped = "".join(f"\n• {s}: left as it is" for s in plan.skipped)
-    undo = live["kind"] == "rollback"
-    title = (f":warning: *Undo rollback #{live['id']}* of release {plan.name} in {plan.env}" if undo
+    undo = live["kind"] == "rollback" and not plan.live_undone
+    title = (f":warning: *Undo rollback #{live['id']}* of release {plan.name} in {plan.env}, in the release's order:" if undo
              else f"*Roll back release {plan.name} in {plan.env}* (#{live['id']}), in reverse order:")
     label = "Undo rollback" if undo else "Roll back"
     how = ("Every previous version is still running: the members flip back together, in one click." if plan.fast else
