@@ -112,10 +112,12 @@ def rollback_in_flight(d: Deployer, row: dict[str, Any]) -> dict[str, Any] | Non
     v2 one can only be a redeploy of v1). It is recorded in the rollback's target slot, as
     `shift` would have done, and returned (with `retained`: the deployment it copies, when recess
     knew it); None when Railway made no such deployment (the bot died before the mutation)."""
-    if row["kind"] != "rollback" or not row["green_slot"] or not row["blue_slot"]:
-        return None
-    platform = d.platform_for(row["service"], row["env"])
     from platforms.railway import version_of
+    from storage import deploys as rows
+
+    if row["kind"] != "rollback" or not row["green_slot"] or not row["blue_slot"] or rows.steps(d.store, row["id"]):
+        return None  # not the one-click rollback (a redeploy through the pipeline has steps and is recovered as one)
+    platform = d.platform_for(row["service"], row["env"])
 
     try:
         latest = platform.latest_deployment()  # type: ignore[attr-defined]
