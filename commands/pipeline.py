@@ -100,8 +100,21 @@ def end_attention(d: Deployer, row: dict[str, Any], saw: str, *, who: str = "") 
     d.notify.update_card(row["id"])
     mention = f"{requester_text(row)} " if row.get("requester") else ""
     d.notify.thread(row["id"], f":rotating_light: {mention}{who}deploy #{row['id']} of {row['service']} {row['version']} "
-                               f"*needs attention*: {saw}. recess left the traffic as it is. {what_to_do(row)}",
+                               f"*needs attention*: {saw}. recess left the traffic as it is. {advice_for(d, row)}",
                     broadcast=True)
+
+
+def advice_for(d: Deployer, row: dict[str, Any]) -> str:
+    """what_to_do, or on Railway (commands/railway.py) the same in Railway's terms."""
+    try:
+        platform = d.platform_for(row["service"], row["env"])
+    except Exception:  # the platform cannot even be made: the generic advice still helps
+        return what_to_do(row)
+    if hands_over(platform):  # Railway: its deployments, its dashboard, no router or slots of recess's
+        from commands.railway import attention_advice
+
+        return attention_advice(platform, row)
+    return what_to_do(row)
 
 
 class BakeWatch:

@@ -103,6 +103,104 @@ def in_progress(d: Deployer, row: dict[str, Any]) -> bool:
         return False
 
 
+def rollback_in_flight(d: Deployer, row: dict[str, Any]) -> dict[str, Any] | None:
+    """Recovery of a rollback on Railway, read from Railway: the deployment `deploymentRollback`
+    made when the bot died before it read its ID (the mutation returns a Boolean only).
+
+    It is the service instance's latest deployment, runs the rollback's target version, and is
+    newer than the deployment that served when the rollback began (a v1 deployment newer than the
+    v2 one can only be a redeploy of v1). It is recorded in the rollback's target slot, as
+    `shift` would have done, and returned (with `retained`: the deployment it copies, when recess
+    knew it); None when Railway made no such deployment (the bot died before the mutation)."""
+    from platforms.railway import version_of
+    from storage import deploys as rows
+
+    if row["kind"] != "rollback" or not row["green_slot"] or not row["blue_slot"] or rows.steps(d.store, row["id"]):
+        return None  # not the one-click rollback (a redeploy through the pipeline has steps and is recovered as one)
+    platform = d.platform_for(row["service"], row["env"])
+
+    try:
+        latest = platform.latest_deployment()  # type: ignore[attr-defined]
+        left_id = platform.deployment_in(row["blue_slot"])  # type: ignore[attr-defined]
+        left = platform.deployment(left_id) if left_id else None  # type: ignore[attr-defined]
+    except PlatformError as exc:
+        log.warning("deploy %s: could not read Railway's deployments: %s", row["id"], exc)
+        return None
+    if not latest or version_of(latest) != row["version"]:
+        return None
+    if left is not None and (latest["id"] == left["id"] or str(latest.get("createdAt")) <= str(left.get("createdAt"))):
+        return None
+    retained = platform.deployment_in(row["green_slot"])  # type: ignore[attr-defined]
+    platform.adopt(row["green_slot"], latest["id"])  # type: ignore[attr-defined]
+    return {**latest, "retained": retained if retained != latest["id"] else None}
+
+
+def decide_rollback(d: Deployer, row: dict[str, Any], rolling: dict[str, Any], stands: bool) -> str:
+    """The end of a rollback recovery found in flight on Railway (rollback_in_flight), after
+    its deployment was followed: what Railway shows now decides, and the thread says it."""
+    from commands.pipeline import end_attention
+    from commands.recovery import _stands, _tell
+    from commands.states import move
+
+    platform = d.platform_for(row["service"], row["env"])
+    dep_id = rolling["id"]
+    url = d.cfg.services[row["service"]].railway.public_url  # type: ignore[union-attr]
+    if stands:
+        _stands(d, row, d.clock(), "deploymentRollback")
+        _tell(d, row, f"the bot was killed after asking Railway to roll back to {row['version']}. Railway's rollback "
+                      f"deployment {dep_id} finished (SUCCESS) and serves {row['version']} on {url}; the rollback "
+                      f"stands and deploy #{row['rollback_of']} is rolled back.")
+        return "finished: Railway rolled back"
+    try:
+        final = platform.deployment(dep_id)  # type: ignore[attr-defined]
+        serving, _ = platform.deployments_now()  # type: ignore[attr-defined]
+    except PlatformError as exc:
+        end_attention(d, row, f"recovery could not read Railway's rollback deployment {dep_id}: {exc}",
+                      who="recovery of ")
+        return "needs attention: Railway unreadable"
+    from platforms.railway import version_of
+
+    if final["status"] in IN_PROGRESS:
+        end_attention(d, row, f"Railway's rollback deployment {dep_id} of {row['version']} is still {final['status']} "
+                              f"after the health timeout", who="recovery of ")
+        return "needs attention: rollback deployment in progress"
+    if rolling.get("retained"):  # the retained deployment is still there for another click
+        platform.adopt(row["green_slot"], rolling["retained"])  # type: ignore[attr-defined]
+    now_serves = (f"deployment {serving['id']} ({version_of(serving)}, {serving['status']}) serves"
+                  if serving else "no deployment serves")
+    outcome = f"Railway's rollback deployment {dep_id} of {row['version']} ended {final['status']}; {now_serves}"
+    move(d.store, row["id"], "running", "failed", finished_at=d.clock(), outcome=outcome[:500])
+    _tell(d, row, f"the bot was killed after asking Railway to roll back to {row['version']}. {outcome}. "
+                  f"Click Roll back again if it is still needed.")
+    return "Railway's rollback deployment failed"
+
+
+def attention_advice(platform: Platform, row: dict[str, Any]) -> str:
+    """What a person does about a `needs_attention` deploy of a Railway service, in Railway's
+    terms: which deployment serves (read from Railway now), where to look, how to go back."""
+    from platforms.railway import version_of
+
+    rw = platform.railway  # type: ignore[attr-defined]
+
+    def named(dep: dict[str, Any]) -> str:
+        return f"deployment {dep['id']} ({version_of(dep) or 'unknown version'}, {dep['status']})"
+
+    try:
+        serving, latest = platform.deployments_now()  # type: ignore[attr-defined]
+        seen = (f"Railway shows {named(serving)} serving" if serving else "Railway shows no deployment serving")
+        if latest and (serving is None or latest["id"] != serving["id"]):
+            seen += f" and {named(latest)} as the latest"
+    except PlatformError as exc:
+        seen = f"recess could not read Railway's deployments ({exc})"
+    return (f"A person needs to look now, in Railway: {seen}. Open service {rw.service_id} (project {rw.project_id}, "
+            f"environment {rw.environments[row['env']]}) in Railway's dashboard and check its deployments: which one "
+            f"is active, whether one is still building or failed, and its deploy logs. To go back to a previous "
+            f"version, use Rollback on that deployment there (Railway's `deploymentRollback`); there is no router or "
+            f"slot of recess's to fix, and `recess down` does not apply to Railway services. Once one deployment "
+            f"serves and its healthcheck passes, recess notices within a minute and closes deploy #{row['id']}; "
+            f"until then the service stays held.")
+
+
 def follow_in_progress(d: Deployer, row: dict[str, Any]) -> str | None:
     """Recovery on Railway: a deployment recess started that is still BUILDING or DEPLOYING is
     followed to its end before anything is decided (Railway would hand over on its own anyway).
@@ -116,8 +214,10 @@ def follow_in_progress(d: Deployer, row: dict[str, Any]) -> str | None:
         dep = platform.deployment(deployment_id)  # type: ignore[attr-defined]
         if dep["status"] not in IN_PROGRESS:
             return None
-        d.notify.thread(row["id"], f":recycle: Recovery: Railway deployment {deployment_id} of {row['version']} is still "
-                                   f"{dep['status']}; following it to its end before deciding.")
+        what = (f"the bot was killed after asking Railway to roll back to {row['version']}. Railway's rollback "
+                f"deployment {deployment_id} is" if row["kind"] == "rollback"
+                else f"Railway deployment {deployment_id} of {row['version']} is still")
+        d.notify.thread(row["id"], f":recycle: Recovery: {what} {dep['status']}; following it to its end before deciding.")
         spec = d.cfg.services[row["service"]]
         final = platform.follow(deployment_id, spec.health_timeout.total_seconds())  # type: ignore[attr-defined]
     except PlatformError as exc:

@@ -103,11 +103,15 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
              outcome="the bot restarted before the deploy began; nothing was changed")
         _tell(d, row, "the bot restarted before the deploy began; nothing was changed. Request it again when ready.")
         return "nothing to undo"
+    rolling = row.get("_rolling")  # Railway: a rollback deployment found in flight (below)
     if hands_over(d.platform_for(service, env)) and not row.get("_followed"):
         # Railway (commands/railway.py): a deployment still building or deploying is followed to
         # its end first, on a worker thread (start-up does not wait for it); then decided as below.
-        from commands.railway import follow_in_progress, in_progress
+        # A rollback killed after `deploymentRollback` has its new deployment found from Railway first.
+        from commands.railway import follow_in_progress, in_progress, rollback_in_flight
 
+        rolling = rollback_in_flight(d, row)
+        row = {**row, "_rolling": rolling}
         if in_progress(d, row):
             d.running_here.add(row["id"])
 
@@ -138,6 +142,11 @@ def recover(d: Deployer, row: dict[str, Any]) -> str:
     green_healthy = green_is_new and d.traffic.probe(platform, green, probes=d.traffic.probes).ok
     reached_switch = step in ("shift", "bake")
     saw = f"weights {format_weights(w)}; {green} runs {green_state.version or 'nothing'}"
+
+    if rolling:  # Railway (commands/railway.py): Railway was rolling back when the bot died
+        from commands.railway import decide_rollback
+
+        return decide_rollback(d, row, rolling, on_green and green_healthy)
 
     if hands_over(platform) and on_green and green_healthy and row["kind"] == "deploy" and not reached_switch:
         # Railway handed over on its own while no one watched: smoke, shift's check and bake still run.

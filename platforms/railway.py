@@ -73,10 +73,10 @@ query RecessStatus($serviceId: String!, $environmentId: String!, $projectId: Str
   }}
 }}"""
 DEPLOYMENT_QUERY = f"query RecessDeployment($id: String!) {{ deployment(id: $id) {{ {DEPLOYMENT_FIELDS} }} }}"
-LATEST_QUERY = """
-query RecessLatest($serviceId: String!, $environmentId: String!) {
-  serviceInstance(serviceId: $serviceId, environmentId: $environmentId) { latestDeployment { id status } }
-}"""
+LATEST_QUERY = f"""
+query RecessLatest($serviceId: String!, $environmentId: String!) {{
+  serviceInstance(serviceId: $serviceId, environmentId: $environmentId) {{ latestDeployment {{ {DEPLOYMENT_FIELDS} }} }}
+}}"""
 UPDATE_MUTATION = """
 mutation RecessSetSource($serviceId: String!, $environmentId: String!, $input: ServiceInstanceUpdateInput!) {
   serviceInstanceUpdate(serviceId: $serviceId, environmentId: $environmentId, input: $input)
@@ -327,6 +327,28 @@ class RailwayPlatform:
         data = self.client.execute(DEPLOYMENT_QUERY, {"id": deployment_id}, what="the deployment query")
         return data["deployment"]
 
+    def latest_deployment(self) -> dict[str, Any] | None:
+        """The service instance's latest deployment as Railway shows it (the one a
+        `deploymentRollback` or a deploy just made, whoever made it), or None."""
+        data = self.client.execute(LATEST_QUERY, self._ids(), what="the latest deployment query")
+        return (data.get("serviceInstance") or {}).get("latestDeployment") or None
+
+    def deployments_now(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(the deployment Railway routes to, the latest one), read from Railway."""
+        serving, _, by_id = self._read()
+        newest = max(by_id.values(), key=lambda d: str(d.get("createdAt") or ""), default=None)
+        return serving, newest
+
+    def adopt(self, slot: str, deployment_id: str) -> None:
+        """Records that `deployment_id` carries `slot` (recovery: a rollback deployment whose ID
+        the bot did not live to read)."""
+        _check_slot(slot)
+        with self._book_lock:
+            book = self._book()
+            if book.get(slot) != deployment_id:
+                book[slot] = deployment_id
+                self._write_book(book)
+
     def _read(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, dict[str, Any]]]:
         """(the deployment Railway routes to, the one in progress, every recent one by ID)."""
         data = self.client.execute(STATUS_QUERY, {**self._ids(), "projectId": self.railway.project_id},
@@ -481,15 +503,16 @@ class RailwayPlatform:
             raise PlatformError(f"Railway no longer retains deployment {deployment_id} ({version_of(dep)}): it "
                                 f"cannot be rolled back to")
         self.client.execute(ROLLBACK_MUTATION, {"id": deployment_id}, what="deploymentRollback")
-        latest = (self.client.execute(LATEST_QUERY, self._ids(), what="the latest deployment query")
-                  .get("serviceInstance") or {}).get("latestDeployment") or {}
+        from commands.states import crash_point
+
+        # Fault injection (RECESS_CRASH_AT, never set in production). Killed here, recovery finds the
+        # new deployment from Railway (commands/railway.py rollback_in_flight).
+        crash_point("deploymentRollback", "after")
+        latest = self.latest_deployment() or {}
         new_id = latest.get("id")
         if not new_id or new_id == deployment_id:
             raise PlatformError(f"Railway accepted the rollback to {deployment_id} but shows no new deployment")
-        with self._book_lock:
-            book = self._book()
-            book[to] = new_id
-            self._write_book(book)
+        self.adopt(to, new_id)
         final = self.follow(new_id, self.spec.health_timeout.total_seconds())
         if final["status"] != "SUCCESS":
             raise PlatformError(f"Railway's rollback deployment {new_id} ended {final['status']}")

@@ -278,3 +278,108 @@ def test_a_bot_killed_mid_deploy_follows_the_railway_deployment_to_its_end_after
     assert public_version(railway) == "v2"
     assert railway.root_fields().count("serviceInstanceDeployV2") == 1  # nothing ran twice
     assert railway.refused == []
+
+
+@pytest.mark.e2e
+def test_a_bot_killed_after_asking_railway_to_roll_back_follows_the_rollback_and_says_it_happened(railway, slack, tmp_path):
+    from storage.db import Store
+    from tests.harness import card_value
+    from tests.test_crash_recovery import Bot, wait_for
+
+    config = write_config(tmp_path, service_config(railway, tmp_path), base=base())
+    store = Store(config.parent / "recess.db")
+    rows.insert(store, service="core", env="staging", version="v1", requester=ENGINEER, status="succeeded",
+                traffic_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC), blue_retired=1)
+    bots = [Bot(config, slack.api_url)]
+    try:
+        bots[0].sender.command("/deploy", "core v2 staging", user=ENGINEER)
+        wait_for(lambda: (rows.get(store, 2) or {}).get("status") == "succeeded", timeout=120, what="v2 deployed")
+        bots[0].stop()
+        bots.append(Bot(config, slack.api_url, crash_at="deploymentRollback:after"))
+        railway.tick = 0  # Railway's rollback deployment stays where it is while no one is driving
+        try:
+            bots[1].sender.action("rollback_start", card_value(store, 2), user=ENGINEER, ephemeral=True)
+        except httpx.HTTPError:
+            pass  # the bot dies inside the click
+        wait_for(lambda: bots[1].proc.poll() is not None, what="the bot to be killed after deploymentRollback")
+        rolling = railway.instances[(SERVICE_ID, STAGING)].deployments[-1]
+        assert rolling.version == "v1" and railway.status_of(rolling) in ("INITIALIZING", "BUILDING")
+        assert rows.get(store, 3)["status"] == "running" and public_version(railway) == "v2"
+        railway.tick = 5  # from now on the rollback deployment advances as recess polls it
+        bots.append(Bot(config, slack.api_url))
+        final = wait_for(lambda: (rows.get(store, 3) or {}).get("status") in ("failed", "succeeded", "needs_attention")
+                         and rows.get(store, 3), timeout=120, what="recovery to finish the rollback")
+    finally:
+        for b in bots:
+            b.stop()
+    assert final["status"] == "succeeded"
+    assert rows.get(store, 2)["status"] == "rolled_back"
+    text = thread(slack)
+    assert (f"the bot was killed after asking Railway to roll back to v1. Railway's rollback deployment {rolling.id} is"
+            in text and "following it to its end" in text)
+    assert f"Railway's rollback deployment {rolling.id} finished (SUCCESS) and serves v1" in text
+    assert "nothing changed" not in text
+    assert public_version(railway) == "v1" and railway.status_of(rolling) == "SUCCESS"
+    assert railway.root_fields().count("deploymentRollback") == 1  # nothing ran twice
+    assert railway.refused == []
+
+
+def _rollback_left_running(srv, railway: RailwayStandIn) -> tuple[dict, str]:  # noqa: ANN001
+    """A rollback of deploy #2 as a bot killed right after `deploymentRollback` leaves it: the row
+    running with its slots, Railway's new deployment made, its ID never read."""
+    from bot.deploying import deployer_of
+
+    live = rows.get(srv.rt.store, 2)
+    platform = deployer_of(srv.rt).platform_for("core", "staging")
+    retained = platform.deployment_in(live["blue_slot"])
+    rows.insert(srv.rt.store, kind="rollback", service="core", env="staging", version="v1", previous_version="v2",
+                requester=ENGINEER, status="running", rollback_of=2, channel=live["channel"], card_ts=live["card_ts"],
+                blue_slot=live["green_slot"], green_slot=live["blue_slot"], blue_version="v2", approvals_needed=0)
+    platform.client.execute("mutation R($id: String!) { deploymentRollback(id: $id) }", {"id": retained},
+                            what="deploymentRollback")
+    return live, retained
+
+
+def test_a_rollback_deployment_that_fails_after_a_crash_is_reported_failed_and_v1_stays_retained(server, slack, railway):
+    from bot.deploying import deployer_of
+    from commands.recovery import recover_all
+
+    srv = server()
+    srv.command("/deploy", "core v2 staging")
+    slack.wait_for(lambda s: "*core v2* is live in staging" in thread(s), timeout=60)
+    railway.fail_next("FAILED")
+    live, retained = _rollback_left_running(srv, railway)
+    failed = railway.instances[(SERVICE_ID, STAGING)].deployments[-1]
+    serving = railway.serving(SERVICE_ID, STAGING)
+    recover_all(deployer_of(srv.rt))
+    said = f"Railway's rollback deployment {failed.id} of v1 ended FAILED; deployment {serving.id} (v2, SUCCESS) serves"
+    slack.wait_for(lambda s: said in thread(s), timeout=60)
+    final = rows.get(srv.rt.store, 3)
+    assert final["status"] == "failed" and said in final["outcome"]
+    assert "nothing changed" not in thread(slack)
+    assert rows.get(srv.rt.store, 2)["status"] == "succeeded" and public_version(railway) == "v2"
+    platform = deployer_of(srv.rt).platform_for("core", "staging")
+    assert platform.deployment_in(live["blue_slot"]) == retained  # another click can still roll back to v1
+    assert "Railway still retains v1" in json.dumps(srv.command("/rollback", "core staging").json()["blocks"])
+
+
+def test_needs_attention_on_railway_names_the_deployments_and_railways_way_back_not_haproxy(server, slack, railway):
+    from bot.deploying import deployer_of
+    from commands.pipeline import end_attention
+
+    srv = server()
+    srv.command("/deploy", "core v2 staging")
+    slack.wait_for(lambda s: "*core v2* is live in staging" in thread(s), timeout=60)
+    live = rows.get(srv.rt.store, 2)
+    serving = railway.serving(SERVICE_ID, STAGING)
+    row_id = rows.insert(srv.rt.store, service="core", env="staging", version="v3", requester=ENGINEER,
+                         status="running", channel=live["channel"], card_ts=live["card_ts"], approvals_needed=0)
+    end_attention(deployer_of(srv.rt), rows.get(srv.rt.store, row_id), "recess saw something it cannot explain")
+    slack.wait_for(lambda s: "*needs attention*" in thread(s), timeout=30)
+    said = next(t for t in slack.texts() if "*needs attention*" in t)
+    assert f"Railway shows deployment {serving.id} (v2, SUCCESS) serving" in said
+    assert f"Open service {SERVICE_ID} (project proj-district, environment {STAGING}) in Railway's dashboard" in said
+    assert "Rollback on that deployment there (Railway's `deploymentRollback`)" in said
+    assert "`recess down` does not apply to Railway services" in said
+    assert f"closes deploy #{row_id}" in said
+    assert "HAProxy" not in said and "both slots" not in said
