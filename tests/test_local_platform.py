@@ -205,7 +205,8 @@ def test_killed_router_comes_back_with_the_live_weights(serving_v1, make_local):
     platform.shift({"blue": 0, "green": 100})
     old = router_pid(platform)
     os.kill(old, signal.SIGKILL)
-    assert wait_until(lambda: not platform.router_running())
+    # gone from /proc too: a process still tearing itself down has closed its socket but is not yet dead
+    assert wait_until(lambda: not platform.router_running() and platform.router.pid() is None)
 
     fresh = make_local()  # a new bot process: it reads the dead router as down, and leaves it to the watchdog
     assert fresh.status().router_up is False

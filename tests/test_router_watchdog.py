@@ -60,7 +60,8 @@ def test_a_killed_router_is_revived_with_its_weights_from_the_server_state_file(
     old = router_pid(platform)
     assert platform.watch_router() is None
     os.kill(old, signal.SIGKILL)
-    assert wait_until(lambda: not platform.router_running())
+    # gone from /proc too: a process still tearing itself down has closed its socket but is not yet dead
+    assert wait_until(lambda: not platform.router_running() and platform.router.pid() is None)
     revival = platform.watch_router()
     assert revival is not None and revival.error is None and revival.down_for is not None
     assert router_pid(platform) != old
