@@ -14,6 +14,7 @@ tests/kit/, so the benchmarks play Slack and the schools exactly as the tests do
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import platform as host
 import sqlite3
@@ -40,6 +41,35 @@ SECRET = "bench-signing-secret"
 ENGINEER = "U0ENGINEER"
 APPROVER = "U0APPROVER1"
 RECESS_BIN = Path(sys.executable).parent / "recess"
+
+LINCOLN = ("lincoln-high", "America/New_York")
+LA = ("la-elementary", "America/Los_Angeles")
+MESA = ("mesa-middle", "America/Phoenix")
+
+
+# -- the configuration every benchmark starts from -------------------------------------------------
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else json.dumps(value)
+
+
+def base_config(*tenants: tuple[str, str], approvers: Sequence[str] = ("U0APPROVER1", "U0APPROVER2"),
+                approvals: int = 1, respect_windows: bool = True, **production: object) -> str:
+    """The [bot], [access], [[tenants]] and [environments.production] blocks a benchmark's
+    configuration starts with (as tests/harness.py BASE_CONFIG does for the tests): the bot on
+    recess.db in the configuration's folder, the given schools (Lincoln High by default), and
+    production with `approvals`, `respect_windows` and any further settings (keep_blue="30m", ...).
+    A benchmark adds only its own blocks (services, releases, API tokens) after it."""
+    lines = ["", "[bot]", 'database = "recess.db"', 'channel = "C0DEPLOYS"', 'state_dir = ".recess"', "",
+             "[access]", f"approvers = {json.dumps(list(approvers))}", ""]
+    for school, timezone in tenants or (LINCOLN,):
+        lines += ["[[tenants]]", f"id = {json.dumps(school)}", f"timezone = {json.dumps(timezone)}", ""]
+    settings = {"approvals": approvals, "respect_windows": respect_windows, **production}
+    lines += ["[environments.production]", *(f"{key} = {toml_value(value)}" for key, value in settings.items())]
+    return "\n".join(lines) + "\n"
 
 
 # -- the machine ----------------------------------------------------------------------------------
