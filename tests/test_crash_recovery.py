@@ -14,29 +14,13 @@ import pytest
 
 from storage import deploys as rows
 from storage.db import Store
-from tests.harness import card_value, free_port, write_config
+from tests.harness import KILLED_BOT_BASE, card_value, free_port, write_config
 from tests.kit.load import Load
 from tests.kit.serve import Bot, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-
-[access]
-approvers = ["U0APPROVER1"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 0
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
+CONFIG = KILLED_BOT_BASE + """
 
 [services.web]
 platform = "local"
