@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Db, RecessProcess, machine, summary  # noqa: E402
+from benchmarks.common import LA, LINCOLN, Db, RecessProcess, base_config, machine, summary  # noqa: E402
 from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 TOKEN = "recess_bench_token_0123456789abcdef"
@@ -39,27 +39,7 @@ SERVICES = 50
 TARGET_POST_P99 = 0.300
 TARGET_GET_P99 = 0.020
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[[tenants]]
-id = "la-elementary"
-timezone = "America/Los_Angeles"
-
-[environments.production]
-approvals = 1
-respect_windows = true
-
+CONFIG = base_config(LINCOLN, LA) + """
 [[api.tokens]]
 name = "github-actions"
 token_sha256 = "{digest}"

@@ -36,29 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import SECRET, RecessProcess, machine, summary  # noqa: E402
+from benchmarks.common import SECRET, RecessProcess, base_config, machine, summary  # noqa: E402
 from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 TARGET_MB = 20.0
 MiB = 1024 * 1024
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 1
-respect_windows = true
-"""
+CONFIG = base_config()
 
 
 # -- memory ---------------------------------------------------------------------------------------

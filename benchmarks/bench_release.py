@@ -36,6 +36,7 @@ from benchmarks.common import (  # noqa: E402
     SECRET,
     Db,
     RecessProcess,
+    base_config,
     free_port,
     get_text,
     machine,
@@ -52,25 +53,7 @@ SENT = re.compile(r"every command sent within ([\d.]+) ms")
 TARGET_SPREAD = 0.010
 TARGET_CLICK = 1.0
 
-BASE = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 1
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
-
+BASE = base_config(respect_windows=False, keep_blue="30m", bake_time="1s") + """
 [releases.k12]
 services = ["core", "web", "ai-gateway"]
 migrate_first = "core"

@@ -27,37 +27,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import SECRET, RecessProcess, burst, machine, summary  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    LA,
+    LINCOLN,
+    MESA,
+    SECRET,
+    RecessProcess,
+    base_config,
+    burst,
+    machine,
+    summary,
+)
 from tests.kit.signer import SlackSender  # noqa: E402
 from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
 TARGET_P99 = 0.300
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[[tenants]]
-id = "la-elementary"
-timezone = "America/Los_Angeles"
-
-[[tenants]]
-id = "mesa-middle"
-timezone = "America/Phoenix"
-
-[environments.production]
-approvals = 1
-respect_windows = true
-"""
+CONFIG = base_config(LINCOLN, LA, MESA)
 
 
 def run_rounds(tmp: Path, latency_ms: float, rounds: int, n: int, tag: str) -> list[dict]:

@@ -5,8 +5,8 @@ What lives here (the fake Slack, the signed requests and the load come from the 
 tests/kit/, so the benchmarks play Slack and the schools exactly as the tests do):
 - machine():            platform, CPU model, cores, Python, HAProxy, load average
 - stats helpers:        percentile(), summary(), fmt_ms(), spread()
-- RecessProcess:        `recess serve` as a subprocess with SLACK_API_URL, SLACK_SIGNING_SECRET,
-                        RECESS_CONFIG (and RECESS_CRASH_AT for fault injection)
+- RecessProcess:        `recess serve` as a subprocess (the test kit's `Serve`) with SLACK_API_URL,
+                        SLACK_SIGNING_SECRET, RECESS_CONFIG (and RECESS_CRASH_AT for fault injection)
 - burst():              signed Slack requests sent all at once from pre-opened connections
 - Db:                   read-only look at the bot's SQLite file (WAL lets us read while it writes)
 """
@@ -14,9 +14,9 @@ tests/kit/, so the benchmarks play Slack and the schools exactly as the tests do
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import platform as host
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.kit.ports import free_port  # noqa: E402, F401 (the benchmarks import it from here)
+from tests.kit.serve import Serve  # noqa: E402
 from tests.kit.signer import SlackSender  # noqa: E402
 from tests.kit.slack import FakeSlackProcess  # noqa: E402
 
@@ -40,6 +41,35 @@ SECRET = "bench-signing-secret"
 ENGINEER = "U0ENGINEER"
 APPROVER = "U0APPROVER1"
 RECESS_BIN = Path(sys.executable).parent / "recess"
+
+LINCOLN = ("lincoln-high", "America/New_York")
+LA = ("la-elementary", "America/Los_Angeles")
+MESA = ("mesa-middle", "America/Phoenix")
+
+
+# -- the configuration every benchmark starts from -------------------------------------------------
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else json.dumps(value)
+
+
+def base_config(*tenants: tuple[str, str], approvers: Sequence[str] = ("U0APPROVER1", "U0APPROVER2"),
+                approvals: int = 1, respect_windows: bool = True, **production: object) -> str:
+    """The [bot], [access], [[tenants]] and [environments.production] blocks a benchmark's
+    configuration starts with (as tests/harness.py BASE_CONFIG does for the tests): the bot on
+    recess.db in the configuration's folder, the given schools (Lincoln High by default), and
+    production with `approvals`, `respect_windows` and any further settings (keep_blue="30m", ...).
+    A benchmark adds only its own blocks (services, releases, API tokens) after it."""
+    lines = ["", "[bot]", 'database = "recess.db"', 'channel = "C0DEPLOYS"', 'state_dir = ".recess"', "",
+             "[access]", f"approvers = {json.dumps(list(approvers))}", ""]
+    for school, timezone in tenants or (LINCOLN,):
+        lines += ["[[tenants]]", f"id = {json.dumps(school)}", f"timezone = {json.dumps(timezone)}", ""]
+    settings = {"approvals": approvals, "respect_windows": respect_windows, **production}
+    lines += ["[environments.production]", *(f"{key} = {toml_value(value)}" for key, value in settings.items())]
+    return "\n".join(lines) + "\n"
 
 
 # -- the machine ----------------------------------------------------------------------------------
@@ -114,72 +144,22 @@ def spread(values: Sequence[float], digits: int = 1, unit: float = 1000.0, suffi
 # -- recess serve as a subprocess -----------------------------------------------------------------
 
 
-class RecessProcess:
-    """`recess serve` on a free port; stderr (the bot's log) goes to `log_path`."""
+class RecessProcess(Serve):
+    """`recess serve` (the installed `recess` script) on a free port, run in the configuration's
+    folder; its output (the bot's log) goes to `log_path`. The process itself is the test kit's
+    `Serve` (tests/kit/serve.py), so the benchmarks start, kill and read the bot as the tests do."""
 
     def __init__(self, config: Path, slack: FakeSlackProcess, log_path: Path, *, crash_at: str | None = None,
                  port: int | None = None, extra_env: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if k not in ("RECESS_CRASH_AT", "SLACK_APP_TOKEN")}
-        env.update({
-            "SLACK_API_URL": slack.api_url,
-            "SLACK_SIGNING_SECRET": SECRET,
-            "SLACK_BOT_TOKEN": "xoxb-bench",
-            "RECESS_CONFIG": str(config),
-            "RECESS_LOG_LEVEL": "INFO",
-            **(extra_env or {}),
-        })
-        if crash_at:
-            env["RECESS_CRASH_AT"] = crash_at
-        self.spawned = time.monotonic()
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([str(RECESS_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                     env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=config.parent)
+        super().__init__(config, slack.api_url, secret=SECRET, crash_at=crash_at, env=extra_env, log=log_path,
+                         port=port, cwd=config.parent, command=(str(RECESS_BIN),), bot_token="xoxb-bench")
         self.ready_at: float | None = None
 
     def wait_ready(self, timeout: float = 30.0) -> float:
         """Waits for /healthz 200; returns the seconds since the process was spawned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"recess serve exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    self.ready_at = time.monotonic()
-                    conn.close()
-                    return self.ready_at - self.spawned
-                conn.close()
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"recess serve did not answer /healthz within {timeout:.0f} s; see {self.log_path}")
-
-    def wait_exit(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        seconds = self.wait_healthy(timeout, poll=0.02)
+        self.ready_at = self.spawned + seconds
+        return seconds
 
 
 # -- a burst of signed Slack requests ------------------------------------------------------------------------

@@ -43,9 +43,12 @@ import httpx  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     APPROVER,
     ENGINEER,
+    LA,
+    LINCOLN,
     SECRET,
     Db,
     RecessProcess,
+    base_config,
     free_port,
     get_text,
     iso_to_epoch,
@@ -63,30 +66,7 @@ TARGET_FLIP = 0.005
 TARGET_CLICK = 1.0
 SWITCH_WINDOW = 0.250
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-state_dir = ".recess"
-
-[access]
-approvers = ["U0APPROVER1", "U0APPROVER2"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[[tenants]]
-id = "la-elementary"
-timezone = "America/Los_Angeles"
-
-[environments.production]
-approvals = {approvals}
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
-canary_pause = "0s"
-
+SERVICE = """
 [services.web]
 platform = "local"
 health_path = "/api/v1/health"
@@ -101,16 +81,21 @@ migrate = "true"
 """
 
 
+def config(approvals: int, **service: object) -> str:
+    return (base_config(LINCOLN, LA, approvals=approvals, respect_windows=False, keep_blue="30m", bake_time="1s",
+                        canary_pause="0s") + textwrap.dedent(SERVICE).format(**service))
+
+
 def write_configs(folder: Path) -> tuple[Path, Path, str]:
     ports = [free_port() for _ in range(3)]
     smoke = json.dumps(f"{sys.executable} -c \"import os, urllib.request; "
                        f"urllib.request.urlopen(os.environ['RECESS_BASE_URL'] + '/api/v1/health', timeout=5)\"")
     common = {"listen": ports[0], "blue": ports[1], "green": ports[2], "python": sys.executable, "smoke": smoke}
     cycles = folder / "recess.toml"
-    cycles.write_text(textwrap.dedent(CONFIG).format(approvals=1, **common))
+    cycles.write_text(config(approvals=1, **common))
     # Same folder, so the same database and state directory: only the approvals differ.
     crash = folder / "recess-crash.toml"
-    crash.write_text(textwrap.dedent(CONFIG).format(approvals=0, **common))
+    crash.write_text(config(approvals=0, **common))
     return cycles, crash, f"127.0.0.1:{ports[0]}"
 
 

@@ -66,6 +66,29 @@ ai_safety_v2 = false
 """
 
 
+# The head of the configurations of the tests that SIGKILL `recess serve` and restart it
+# (test_crash_recovery, test_release_recovery, test_docker_e2e): one approver, one school,
+# production with no approval and no windows, so a deploy runs as soon as it is asked for.
+KILLED_BOT_BASE = """
+[bot]
+database = "recess.db"
+channel = "C0DEPLOYS"
+
+[access]
+approvers = ["U0APPROVER1"]
+
+[[tenants]]
+id = "lincoln-high"
+timezone = "America/New_York"
+
+[environments.production]
+approvals = 0
+respect_windows = false
+keep_blue = "30m"
+bake_time = "1s"
+"""
+
+
 FAKE_SERVICE = """
 [services.web]
 platform = "command"

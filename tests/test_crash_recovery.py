@@ -6,41 +6,21 @@ the thread says what recovery did, and nothing runs twice.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from storage import deploys as rows
 from storage.db import Store
-from tests.harness import SECRET, card_value, free_port, write_config
+from tests.harness import KILLED_BOT_BASE, card_value, free_port, write_config
 from tests.kit.load import Load
-from tests.kit.signer import SlackSender
+from tests.kit.serve import Bot, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-
-[access]
-approvers = ["U0APPROVER1"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 0
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
+CONFIG = KILLED_BOT_BASE + """
 
 [services.web]
 platform = "local"
@@ -52,51 +32,6 @@ listen = "127.0.0.1:{listen}"
 slots = {{ blue = "127.0.0.1:{blue}", green = "127.0.0.1:{green}" }}
 run = "{python} -m demo.app --port {{port}} --version {{version}}"
 """
-
-
-class Bot:
-    """`recess serve` as a real process that can be killed like any other."""
-
-    def __init__(self, config: Path, slack_url: str, crash_at: str | None = None) -> None:
-        self.port = free_port()
-        env = {**os.environ, "RECESS_CONFIG": str(config), "SLACK_API_URL": slack_url, "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_BOT_TOKEN": "xoxb-test", "RECESS_LOG_LEVEL": "WARNING"}
-        env.pop("RECESS_CRASH_AT", None)
-        if crash_at:
-            env["RECESS_CRASH_AT"] = crash_at
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), "--host", "127.0.0.1"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60  # a busy machine boots slowly
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("recess serve did not start: " + (self.proc.stderr.read().decode() if self.proc.stderr else ""))
-            time.sleep(0.05)
-        self.sender = SlackSender(self.url, SECRET)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from tests.docker import (
     require_engine,
     unique,
 )
-from tests.harness import ENGINEER, FakeClock, free_port, write_config
+from tests.harness import ENGINEER, KILLED_BOT_BASE, FakeClock, free_port, write_config
 from tests.kit.load import Load
 from tests.test_e2e_local import approve, serves, wait_status
 from tests.test_window_commands import AFTER_SCHOOL
@@ -176,25 +176,6 @@ def test_a_version_that_is_not_an_image_tag_is_refused_at_deploy_with_usage(dock
 
 # -- the bot restarted in the middle of a container deploy -----------------------------------------
 
-RESTART_CONFIG = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-
-[access]
-approvers = ["U0APPROVER1"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 0
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
-"""
-
 
 @pytest.mark.parametrize(("crash_at", "serving", "status"), [
     ("build", "v1", "failed"),
@@ -204,10 +185,10 @@ bake_time = "1s"
 def test_bot_killed_during_a_container_deploy_recovers_from_what_the_engine_runs(tmp_path, slack, service, crash_at,
                                                                                   serving, status):
     require_engine()
-    from tests.test_crash_recovery import Bot, wait_for
+    from tests.kit.serve import Bot, wait_for
 
     name, public = service["name"], service["public"]
-    config = write_config(tmp_path, docker_service(name, service["image"], *service["ports"]), base=RESTART_CONFIG)
+    config = write_config(tmp_path, docker_service(name, service["image"], *service["ports"]), base=KILLED_BOT_BASE)
     store = Store(config.parent / "recess.db")
     bots: list[Bot] = []
     load = None

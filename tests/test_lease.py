@@ -17,17 +17,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bot.lease import DatabaseLease, Holder, LeaseHeld
-from tests.kit.ports import free_port
+from tests.kit.serve import Serve, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "test-signing-secret"
 CONFIG = """
 [bot]
 database = "data/recess.db"
@@ -49,61 +46,8 @@ respect_windows = true
 
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def recess(*args: str) -> list[str]:
     return [sys.executable, "-m", "bot.cli", *args]
-
-
-class Serve:
-    """`recess serve` as a real process; its stderr (the log) goes to a file we can read."""
-
-    def __init__(self, config: Path, slack_url: str, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = config.parent / f"serve-{self.port}.log"
-        env = {**os.environ, "SLACK_API_URL": slack_url, "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_BOT_TOKEN": "xoxb-test", "RECESS_LOG_LEVEL": "INFO"}
-        env.pop("SLACK_APP_TOKEN", None)
-        with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                recess("--config", str(config), "serve", "--port", str(self.port), "--host", "127.0.0.1", *extra),
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
-            )
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def healthy(self) -> bool:
-        try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def wait_healthy(self, timeout: float = 30.0) -> None:
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"recess serve exited {self.proc.returncode}: {self.stderr()}")
-            return self.healthy()
-
-        wait_for(up, timeout, f"/healthz of pid {self.proc.pid}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -118,13 +62,13 @@ def serve(config, slack):
     started: list[Serve] = []
 
     def start(*extra: str) -> Serve:
-        s = Serve(config, slack.api_url, *extra)
+        s = Serve(config, slack.api_url, *extra, cwd=REPO)
         started.append(s)
         return s
 
     yield start
     for s in started:
-        s.stop()
+        s.stop(15)
 
 
 def lock_record(config: Path) -> dict:
@@ -140,7 +84,7 @@ def test_a_second_serve_on_the_same_database_exits_2_and_names_the_owner(config,
 
     second = serve()
     assert second.proc.wait(timeout=20) == 2
-    message = second.stderr()
+    message = second.log()
     db = (config.parent / "data" / "recess.db").resolve()
     assert f"recess: the database {db} is owned by pid {first.proc.pid} on host {socket.gethostname()} since " in message
     assert "stop it first, or start this one with --standby to take over when it stops" in message
@@ -165,18 +109,17 @@ def test_a_standby_neither_serves_nor_starts_until_the_owner_dies_then_takes_ove
 
     standby = serve("--standby")
     waiting = f"is owned by pid {first.proc.pid} on host {socket.gethostname()}"
-    wait_for(lambda: waiting in standby.stderr(), 20, "the standby to say whom it waits for")
-    assert standby.proc.poll() is None, standby.stderr()
+    wait_for(lambda: waiting in standby.log(), 20, "the standby to say whom it waits for")
+    assert standby.proc.poll() is None, standby.log()
     assert not standby.healthy(), "a waiting standby must not serve"
     # Nothing after the lease: no scheduler, so no recovery, no queued jobs, no outbox.
-    assert "scheduler started" not in standby.stderr()
+    assert "scheduler started" not in standby.log()
     assert lock_record(config)["pid"] == first.proc.pid
-    assert standby.stderr().count("waiting to take over") == 1
+    assert standby.log().count("waiting to take over") == 1
 
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(timeout=20)
+    first.kill()
     standby.wait_healthy(timeout=30)
-    log = standby.stderr()
+    log = standby.log()
     assert log.index("took over the database") < log.index("scheduler started"), "the lease comes before anything starts"
     assert lock_record(config)["pid"] == standby.proc.pid
 

@@ -247,7 +247,7 @@ def test_config_check_names_an_unset_token_variable(railway, tmp_path, monkeypat
 @pytest.mark.e2e
 def test_a_bot_killed_mid_deploy_follows_the_railway_deployment_to_its_end_after_restart(railway, slack, tmp_path):
     from storage.db import Store
-    from tests.test_crash_recovery import Bot, wait_for
+    from tests.kit.serve import Bot, wait_for
 
     config = write_config(tmp_path, service_config(railway, tmp_path), base=base())
     store = Store(config.parent / "recess.db")
@@ -284,7 +284,7 @@ def test_a_bot_killed_mid_deploy_follows_the_railway_deployment_to_its_end_after
 def test_a_bot_killed_after_asking_railway_to_roll_back_follows_the_rollback_and_says_it_happened(railway, slack, tmp_path):
     from storage.db import Store
     from tests.harness import card_value
-    from tests.test_crash_recovery import Bot, wait_for
+    from tests.kit.serve import Bot, wait_for
 
     config = write_config(tmp_path, service_config(railway, tmp_path), base=base())
     store = Store(config.parent / "recess.db")

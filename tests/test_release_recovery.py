@@ -14,31 +14,15 @@ from commands.config import load_config
 from platforms import make_platform
 from storage import deploys as rows
 from storage.db import Store
-from tests.harness import card_value, free_port, write_config
+from tests.harness import KILLED_BOT_BASE, card_value, free_port, write_config
 from tests.kit.load import Load
-from tests.test_crash_recovery import Bot, wait_for
+from tests.kit.serve import Bot, wait_for
 
 pytestmark = pytest.mark.e2e
 
 MEMBERS = ("core", "web", "ai-gateway")
 
-BASE = """
-[bot]
-database = "recess.db"
-channel = "C0DEPLOYS"
-
-[access]
-approvers = ["U0APPROVER1"]
-
-[[tenants]]
-id = "lincoln-high"
-timezone = "America/New_York"
-
-[environments.production]
-approvals = 0
-respect_windows = false
-keep_blue = "30m"
-bake_time = "1s"
+BASE = KILLED_BOT_BASE + """
 
 [releases.k12]
 services = ["core", "web", "ai-gateway"]

@@ -8,4 +8,7 @@ stand-in and the benchmarks alike, so a fix to how Slack is played lands once.
                       shaped exactly as Slack sends them.
 - `tests.kit.load`:   `Load`, keep-alive clients counting the answers per version and the
                       failures, in this process (tests) or in a child process (benchmarks).
+- `tests.kit.serve`:  `Serve`, `recess serve` as a real child process (wait for /healthz, kill -9,
+                      restart on the same database, read its log); `Bot`, one already healthy;
+                      `wait_for()`. The benchmarks' `RecessProcess` is a `Serve`.
 """
