@@ -487,42 +487,32 @@ class Pipeline:
     def resume_after_hand_over(self) -> None:
         """After a restart, once a platform that hands over itself (Railway) finished the
         deployment recess had started: the steps after the hand-over run, then the deploy ends."""
-        r = self.row
-        self.d.running_here.add(self.id)
-        try:
-            try:
-                self.step("smoke", lambda: self.smoke(r["green_slot"]))
-                self.step("shift", lambda: self.shift(r["blue_slot"], r["green_slot"]))
-                self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
-            except StepFailed as exc:
-                self.abort(r["blue_slot"], r["green_slot"], exc)
-                return
-            except AutoRollback:
-                return
-            started = r["started_at"] or self.d.clock()
-            self.finish((self.d.clock() - started).total_seconds())
-        except Exception as exc:
-            log.exception("deploy %s: the resumed deploy failed outside a step", self.id)
-            self.guard(f"{type(exc).__name__}: {exc}")
-        finally:
-            self.d.running_here.discard(self.id)
+        self._resume(("smoke", "shift", "bake"), "the resumed deploy")
 
     def resume_bake(self) -> None:
         """After a restart during `bake`: watch green again for the whole bake time, then finish."""
+        self._resume(("bake",), "the resumed bake")
+
+    def _resume(self, steps: tuple[str, ...], what: str) -> None:
+        """Runs the last steps of a deploy a restart interrupted, then ends it as the pipeline does."""
         r = self.row
+        blue, green = r["blue_slot"], r["green_slot"]
+        run = {"smoke": lambda: self.smoke(green), "shift": lambda: self.shift(blue, green),
+               "bake": lambda: self.bake(blue, green)}
         self.d.running_here.add(self.id)
         try:
             try:
-                self.step("bake", lambda: self.bake(r["blue_slot"], r["green_slot"]))
+                for name in steps:
+                    self.step(name, run[name])
             except StepFailed as exc:
-                self.abort(r["blue_slot"], r["green_slot"], exc)
+                self.abort(blue, green, exc)
                 return
             except AutoRollback:
                 return
             started = r["started_at"] or self.d.clock()
             self.finish((self.d.clock() - started).total_seconds())
         except Exception as exc:
-            log.exception("deploy %s: the resumed bake failed outside a step", self.id)
+            log.exception("deploy %s: %s failed outside a step", self.id, what)
             self.guard(f"{type(exc).__name__}: {exc}")
         finally:
             self.d.running_here.discard(self.id)
